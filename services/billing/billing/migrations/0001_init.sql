@@ -1,0 +1,2 @@
+-- The billing service's schema starts here; its tables come in the following files.
+SELECT 1;

@@ -1,0 +1,2 @@
+-- The ledger service's schema starts here; its tables come in the following files.
+SELECT 1;

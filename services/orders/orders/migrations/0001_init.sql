@@ -1,0 +1,2 @@
+-- The orders service's schema starts here; its tables come in the following files.
+SELECT 1;

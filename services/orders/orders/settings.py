@@ -1,0 +1,17 @@
+"""Settings of the orders service (env prefix `ORDERS_`)."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import SettingsConfigDict
+
+from backoffice.settings import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="ORDERS_", extra="ignore", frozen=True)
+
+    service_name: str = "orders"
+    port: int = 8001
+    database_url: str = Field("postgresql://postgres@127.0.0.1:55432/orders",
+                              validation_alias=AliasChoices("ORDERS_DATABASE_URL", "DATABASE_URL"))

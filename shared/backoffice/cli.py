@@ -1,0 +1,69 @@
+"""The operator's command line: `backoffice token ...`, `backoffice topics ...`, `backoffice migrate ...`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from backoffice.auth import issue_token
+from backoffice.settings import DEV_JWT_SECRET
+
+
+def _token(args: argparse.Namespace) -> int:
+    secret = os.environ.get("BACKOFFICE_JWT_SECRET", DEV_JWT_SECRET)
+    print(issue_token(secret, scopes=args.scope, sub=args.sub, customer_id=args.customer_id, ttl=args.ttl))
+    return 0
+
+
+def _topics(args: argparse.Namespace) -> int:
+    from backoffice.topics import ensure_topics
+
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    prefix = os.environ.get("BACKOFFICE_TOPIC_PREFIX", "")
+    created = asyncio.run(ensure_topics(bootstrap, prefix=prefix, partitions=args.partitions))
+    print("created: " + (", ".join(created) or "nothing, all exist"))
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from backoffice.db import migrate_dsn, service_migrations
+
+    module = __import__(args.service)
+    directory = Path(module.__file__).parent / "migrations"
+    dsn = os.environ.get(f"{args.service.upper()}_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    if not dsn:
+        print(f"set {args.service.upper()}_DATABASE_URL or DATABASE_URL", file=sys.stderr)
+        return 2
+    applied = asyncio.run(migrate_dsn(dsn, service_migrations(directory, service=args.service)))
+    print("applied: " + (", ".join(applied) or "nothing, up to date"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="backoffice", description="Back-office platform operations.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    token = sub.add_parser("token", help="print a development JWT (HS256, BACKOFFICE_JWT_SECRET)")
+    token.add_argument("--scope", required=True, help='space-separated scopes, e.g. "orders:read orders:write"')
+    token.add_argument("--customer-id", default=None, help="make it a customer token for this customer")
+    token.add_argument("--sub", default=None, help="the subject (default: a new dev id)")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (default 3600)")
+    token.set_defaults(func=_token)
+    topics = sub.add_parser("topics", help="create the platform's topics (KAFKA_BOOTSTRAP_SERVERS)")
+    topics.add_argument("--partitions", type=int, default=6)
+    topics.set_defaults(func=_topics)
+    migrate = sub.add_parser("migrate", help="apply a service's migrations (<SERVICE>_DATABASE_URL)")
+    migrate.add_argument("service", choices=["orders", "billing", "support", "ledger"])
+    migrate.set_defaults(func=_migrate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""The idempotent consumer: effect + inbox row in one transaction, then the offset; poison to `<group>.dlq`.
+
+Per partition, a batch of records is applied in one transaction with a savepoint per record. A record whose
+handler raises a permanent error is rolled back to its savepoint and dead-lettered; a transient failure
+(database or broker unreachable, timeout, serialization conflict) aborts the batch, which is re-read from its
+first offset after a backoff. Offsets are committed only after the transaction commits and the dead letters
+are acknowledged, so a crash at any point re-delivers, and the inbox makes re-delivery a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from prometheus_client import Counter
+
+from backoffice import context
+from backoffice.envelope import Envelope, PoisonRecord, decode
+from backoffice.errors import DomainError, TransientError
+from backoffice.events import Event
+from backoffice.outbox import new_producer
+from backoffice.topics import dlq_topic
+
+log = structlog.get_logger("consumer")
+
+Handler = Callable[[asyncpg.Connection, Envelope], Awaitable[None]]
+
+APPLIED = Counter("consumer_events_applied_total", "Events applied", ["group", "type"])
+DUPLICATES = Counter("consumer_events_duplicate_total", "Re-deliveries skipped by the inbox", ["group"])
+DEAD_LETTERED = Counter("consumer_events_dead_lettered_total", "Records sent to the dead-letter topic", ["group"])
+RETRIES = Counter("consumer_batch_retries_total", "Batches retried after a transient failure", ["group"])
+
+TRANSIENT = (OSError, asyncio.TimeoutError, TransientError, KafkaError, asyncpg.InterfaceError,
+             asyncpg.PostgresConnectionError, asyncpg.SerializationError, asyncpg.DeadlockDetectedError,
+             asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError, asyncpg.QueryCanceledError,
+             asyncpg.AdminShutdownError, asyncpg.CrashShutdownError)
+_UNEXPECTED_ATTEMPTS = 3
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, TRANSIENT)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    record: ConsumerRecord  # type: ignore[type-arg]
+    reason: str
+
+
+class Consumer:
+    """Consumes `topics` as `group`, applying each event once through `handlers` (by event class)."""
+
+    def __init__(self, *, group: str, topics: list[str], pool: asyncpg.Pool, bootstrap: str,
+                 handlers: Mapping[type[Event], Handler], batch_size: int = 500,
+                 producer: AIOKafkaProducer | None = None) -> None:
+        self.group = group
+        self.topics = topics
+        self.pool = pool
+        self.bootstrap = bootstrap
+        self.handlers = {cls.ce_type(): h for cls, h in handlers.items()}
+        self.batch_size = batch_size
+        self._producer = producer
+        self._own_producer = producer is None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._failures: dict[tuple[str, int, int], int] = {}
+        self.running = False
+
+    async def run(self) -> None:
+        """Consume until cancelled; reconnect with backoff whenever Kafka or the database is away."""
+        backoff = 0.2
+        while True:
+            try:
+                await self._start()
+                while True:
+                    await self.poll_once()
+                    backoff = 0.2
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure: rebuild the clients and go on
+                RETRIES.labels(self.group).inc()
+                log.warning("consumer_restart", group=self.group, error=repr(exc), backoff_s=round(backoff, 2))
+                await self._close()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def stop(self) -> None:
+        await self._close()
+
+    async def _start(self) -> None:
+        if self._consumer is not None:
+            return
+        if self._producer is None:
+            producer = new_producer(self.bootstrap)
+            await producer.start()
+            self._producer = producer
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=self.group,
+                                    enable_auto_commit=False, auto_offset_reset="earliest",
+                                    max_poll_records=self.batch_size, isolation_level="read_committed")
+        consumer.subscribe(self.topics)
+        try:
+            await consumer.start()
+        except BaseException:
+            await consumer.stop()
+            raise
+        self._consumer = consumer
+        self.running = True
+
+    async def _close(self) -> None:
+        self.running = False
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            try:
+                await asyncio.wait_for(consumer.stop(), 15)
+            except Exception:  # noqa: BLE001 - closing a broken client
+                pass
+        if self._own_producer and self._producer is not None:
+            producer, self._producer = self._producer, None
+            try:
+                await asyncio.wait_for(producer.stop(), 15)
+            except Exception:  # noqa: BLE001 - closing a broken client
+                pass
+
+    async def poll_once(self, timeout_ms: int = 500) -> int:
+        """Fetch and apply one batch per partition; return the number of records handled."""
+        assert self._consumer is not None
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=self.batch_size)
+        handled = 0
+        for tp, records in batches.items():
+            if not records:
+                continue
+            if tp not in self._consumer.assignment():
+                continue  # revoked meanwhile: the new owner re-reads it, and its inbox skips what was applied
+            handled += await self._apply_partition(tp, records)
+        return handled
+
+    async def _apply_partition(self, tp: TopicPartition, records: list[ConsumerRecord]) -> int:  # type: ignore[type-arg]
+        assert self._consumer is not None
+        try:
+            dead = await self._apply_batch(records)
+            if dead:
+                await self._dead_letter(dead)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            RETRIES.labels(self.group).inc()
+            log.warning("batch_retry", group=self.group, topic=tp.topic, partition=tp.partition,
+                        offset=records[0].offset, error=repr(exc))
+            self._consumer.seek(tp, records[0].offset)
+            await asyncio.sleep(0.5)
+            return 0
+        try:
+            await self._consumer.commit({tp: records[-1].offset + 1})
+        except (CommitFailedError, IllegalStateError) as exc:
+            log.warning("commit_failed", group=self.group, topic=tp.topic, partition=tp.partition, error=repr(exc))
+        return len(records)
+
+    async def _apply_batch(self, records: list[ConsumerRecord]) -> list[DeadLetter]:  # type: ignore[type-arg]
+        dead: list[DeadLetter] = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            for record in records:
+                try:
+                    envelope = decode(record.headers, record.value)
+                except PoisonRecord as exc:
+                    dead.append(DeadLetter(record, f"poison: {exc}"))
+                    continue
+                handler = self.handlers.get(envelope.type)
+                if handler is None:
+                    continue
+                reason = await self._apply_one(conn, record, envelope, handler)
+                if reason:
+                    dead.append(DeadLetter(record, reason))
+        return dead
+
+    async def _apply_one(self, conn: asyncpg.Connection, record: ConsumerRecord,  # type: ignore[type-arg]
+                         envelope: Envelope, handler: Handler) -> str | None:
+        """Apply one event inside a savepoint; return a dead-letter reason, or None once applied or skipped."""
+        context.bind(correlation=envelope.correlation_id, parent=envelope.traceparent)
+        try:
+            async with conn.transaction():
+                inserted = await conn.fetchval(
+                    "INSERT INTO inbox (consumer, event_id, event_type) VALUES ($1, $2, $3) "
+                    "ON CONFLICT DO NOTHING RETURNING true", self.group, envelope.id, envelope.type)
+                if not inserted:
+                    DUPLICATES.labels(self.group).inc()
+                    return None
+                await handler(conn, envelope)
+        except DomainError as exc:
+            return f"rejected: {type(exc).__name__}: {exc.detail}"
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            key = (record.topic, record.partition, record.offset)
+            self._failures[key] = self._failures.get(key, 0) + 1
+            if self._failures[key] < _UNEXPECTED_ATTEMPTS:
+                raise TransientError(f"unexpected {exc!r}, attempt {self._failures[key]}") from exc
+            self._failures.pop(key, None)
+            log.error("handler_failed", group=self.group, type=envelope.type, event_id=envelope.id, error=repr(exc))
+            return f"failed: {type(exc).__name__}: {exc}"
+        APPLIED.labels(self.group, envelope.type).inc()
+        return None
+
+    async def _dead_letter(self, dead: list[DeadLetter]) -> None:
+        assert self._producer is not None
+        futures = []
+        for item in dead:
+            r = item.record
+            headers = list(r.headers or ()) + [
+                ("dlq_reason", item.reason[:1000].encode()),
+                ("dlq_topic", r.topic.encode()),
+                ("dlq_partition", str(r.partition).encode()),
+                ("dlq_offset", str(r.offset).encode()),
+            ]
+            futures.append(await self._producer.send(dlq_topic(self.group), value=r.value, key=r.key,
+                                                     headers=headers))
+            log.warning("dead_lettered", group=self.group, topic=r.topic, partition=r.partition, offset=r.offset,
+                        reason=item.reason)
+        await asyncio.wait_for(asyncio.gather(*futures), 30)
+        DEAD_LETTERED.labels(self.group).inc(len(dead))

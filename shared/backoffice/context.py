@@ -1,0 +1,56 @@
+"""The correlation id and W3C trace context of the request or event being handled, carried into logs and events."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from contextvars import ContextVar
+
+import structlog
+
+_correlation: ContextVar[str | None] = ContextVar("correlation_id", default=None)
+_traceparent: ContextVar[str | None] = ContextVar("traceparent", default=None)
+
+
+def correlation_id() -> str | None:
+    return _correlation.get()
+
+
+def traceparent() -> str | None:
+    return _traceparent.get()
+
+
+def trace_id() -> str | None:
+    parent = _traceparent.get()
+    return parent.split("-")[1] if parent and parent.count("-") == 3 else None
+
+
+def child_traceparent() -> str | None:
+    """A traceparent for something this work causes: same trace, new span id."""
+    tid = trace_id()
+    return f"00-{tid}-{secrets.token_hex(8)}-01" if tid else None
+
+
+def _valid_traceparent(value: str | None) -> str | None:
+    if not value:
+        return None
+    parts = value.strip().split("-")
+    if len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
+        return None
+    try:
+        int(parts[1], 16)
+        int(parts[2], 16)
+    except ValueError:
+        return None
+    return value.strip()
+
+
+def bind(*, correlation: str | None, parent: str | None) -> str:
+    """Bind the correlation (or a new one) and trace context for this task; return the correlation id."""
+    cid = (correlation or "").strip()[:128] or str(uuid.uuid4())
+    trace = _valid_traceparent(parent) or f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+    _correlation.set(cid)
+    _traceparent.set(trace)
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(correlation_id=cid, trace_id=trace.split("-")[1])
+    return cid

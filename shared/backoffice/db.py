@@ -1,0 +1,101 @@
+"""The asyncpg pool and the migration runner for plain numbered `.sql` files."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import orjson
+
+from backoffice.settings import ServiceSettings
+
+SHARED_MIGRATIONS = Path(__file__).parent / "migrations"
+_MIGRATION_LOCK = 7_310_001
+_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+Connection = asyncpg.Connection
+Pool = asyncpg.Pool
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(name, encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads,
+                                  schema="pg_catalog")
+
+
+async def create_pool(settings: ServiceSettings) -> asyncpg.Pool:
+    """A pool whose connections encode and decode json/jsonb with orjson."""
+    pool = await asyncpg.create_pool(settings.database_url, min_size=settings.db_pool_min,
+                                     max_size=settings.db_pool_max, init=_init_connection, timeout=10,
+                                     command_timeout=30)
+    assert pool is not None
+    return pool
+
+
+class MigrationError(RuntimeError):
+    """A migration cannot be applied safely."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def load_migrations(directory: Path, *, namespace: str) -> list[Migration]:
+    """Numbered files of one directory, in order, named `<namespace>/<file>`."""
+    found = []
+    for path in sorted(directory.glob("*.sql")):
+        if not _NAME.match(path.name):
+            raise MigrationError(f"migration file {path} must be named NNNN_snake_case.sql")
+        found.append(Migration(f"{namespace}/{path.name}", path.read_text()))
+    return found
+
+
+async def migrate(conn: asyncpg.Connection, migrations: Sequence[Migration]) -> list[str]:
+    """Apply what is missing, one transaction per file, under an advisory lock; return the names applied."""
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " name text PRIMARY KEY, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        applied = {r["name"]: r["checksum"] for r in await conn.fetch("SELECT name, checksum FROM schema_migrations")}
+        done = []
+        for migration in migrations:
+            known = applied.get(migration.name)
+            if known is not None:
+                if known != migration.checksum:
+                    raise MigrationError(
+                        f"migration {migration.name} was edited after it was applied; add a new migration instead"
+                    )
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute("INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)",
+                                   migration.name, migration.checksum)
+            done.append(migration.name)
+        return done
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+
+
+def service_migrations(service_dir: Path, *, service: str) -> list[Migration]:
+    """The shared tables (outbox, inbox, idempotency keys) first, then the service's own files."""
+    return load_migrations(SHARED_MIGRATIONS, namespace="shared") + load_migrations(service_dir, namespace=service)
+
+
+async def migrate_dsn(dsn: str, migrations: Sequence[Migration]) -> list[str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await migrate(conn, migrations)
+    finally:
+        await conn.close()

@@ -1,0 +1,206 @@
+"""Transactional outbox: `append` in the caller's transaction; `Relay` publishes rows to Kafka in order per key.
+
+Rows are spread over `LANES` lanes by key. A relay publishes a lane only while it holds that lane's advisory
+lock, so two replicas never publish the same key's rows at once (no duplicates from racing, no reordering);
+lanes are shared fairly among the relays that are alive (each holds a shared "presence" lock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import zlib
+from collections.abc import Sequence
+
+import asyncpg
+import orjson
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from prometheus_client import Counter, Gauge
+
+from backoffice.envelope import Envelope, encode
+from backoffice.events import Event
+
+LANES = 16
+_LOCK_CLASS = 7_310_100
+_PRESENCE = 7_310_099
+
+log = structlog.get_logger("outbox")
+
+OLDEST_UNSENT = Gauge("outbox_oldest_unsent_age_seconds", "Age of the oldest outbox row not yet published")
+PUBLISHED = Counter("outbox_published_total", "Outbox rows published to Kafka")
+RELAY_ERRORS = Counter("outbox_relay_errors_total", "Relay cycles that failed and were retried")
+
+
+def lane_of(key: str) -> int:
+    return zlib.crc32(key.encode()) % LANES
+
+
+async def append(conn: asyncpg.Connection, event: Event | Envelope, *, topic_prefix: str = "") -> Envelope:
+    """Write one event to the outbox inside the caller's transaction."""
+    envelope = event if isinstance(event, Envelope) else Envelope.wrap(event)
+    await append_many(conn, [envelope], topic_prefix=topic_prefix)
+    return envelope
+
+
+async def append_many(conn: asyncpg.Connection, events: Sequence[Event | Envelope], *,
+                      topic_prefix: str = "") -> list[Envelope]:
+    """Write several events in one round trip, in order, inside the caller's transaction."""
+    envelopes = [e if isinstance(e, Envelope) else Envelope.wrap(e) for e in events]
+    if not envelopes:
+        return []
+    rows = []
+    for env in envelopes:
+        key, value, headers = encode(env)
+        rows.append((env.id, lane_of(env.subject), env.topic(prefix=topic_prefix), env.subject,
+                     [[k, v.decode()] for k, v in headers], value))
+    await conn.executemany(
+        "INSERT INTO outbox (event_id, lane, topic, key, headers, payload) VALUES ($1, $2, $3, $4, $5, $6)", rows)
+    return envelopes
+
+
+def new_producer(bootstrap: str) -> AIOKafkaProducer:
+    """The idempotent producer every service publishes with (acks=all, ordered retries)."""
+    return AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=2,
+                            request_timeout_ms=15000, max_batch_size=262144)
+
+
+class Relay:
+    """Publishes unsent outbox rows; wakes on NOTIFY, polls as a fallback, backs off while Kafka is down."""
+
+    def __init__(self, *, dsn: str, bootstrap: str, batch_size: int = 500, poll_interval: float = 1.0) -> None:
+        self.dsn = dsn
+        self.bootstrap = bootstrap
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.lanes: set[int] = set()
+        self.producer: AIOKafkaProducer | None = None
+        self._conn: asyncpg.Connection | None = None
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self.kafka_ok = False
+
+    async def run(self) -> None:
+        """Run until cancelled; every failure is retried with backoff."""
+        backoff = 0.2
+        while not self._stopping:
+            try:
+                await self._connect()
+                await self._cycle()
+                backoff = 0.2
+            except asyncio.CancelledError:
+                raise
+            except (KafkaError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as exc:
+                RELAY_ERRORS.inc()
+                log.warning("relay_retry", error=repr(exc), backoff_s=round(backoff, 2))
+                await self._reset(kafka=isinstance(exc, KafkaError | asyncio.TimeoutError))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        await self._reset(kafka=True)
+
+    async def _connect(self) -> None:
+        if self._conn is None or self._conn.is_closed():
+            self.lanes.clear()
+            self._conn = await asyncpg.connect(self.dsn, timeout=10)
+            await self._conn.add_listener("outbox", lambda *_: self._wake.set())
+            await self._conn.execute("SELECT pg_advisory_lock_shared($1, 0)", _PRESENCE)
+        if self.producer is None:
+            producer = new_producer(self.bootstrap)
+            try:
+                await producer.start()
+            except BaseException:
+                await producer.stop()
+                raise
+            self.producer = producer
+        self.kafka_ok = True
+
+    async def _reset(self, *, kafka: bool) -> None:
+        if kafka:
+            self.kafka_ok = False
+            if self.producer is not None:
+                producer, self.producer = self.producer, None
+                try:
+                    await asyncio.wait_for(producer.stop(), 10)
+                except (KafkaError, OSError, asyncio.TimeoutError):
+                    pass
+        if self._conn is not None and (kafka is False or self._stopping):
+            conn, self._conn = self._conn, None
+            self.lanes.clear()
+            try:
+                await asyncio.wait_for(conn.close(), 5)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError):
+                conn.terminate()
+
+    async def _cycle(self) -> None:
+        assert self._conn is not None
+        await self._balance_lanes()
+        sent = await self.publish_batch()
+        await self._measure()
+        if sent < self.batch_size:
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _balance_lanes(self) -> None:
+        """Hold a fair share of the lanes: release extras, try to take free ones."""
+        assert self._conn is not None
+        relays = await self._conn.fetchval(
+            "SELECT count(DISTINCT pid) FROM pg_locks WHERE locktype = 'advisory' AND classid = 0 "
+            "AND objid = $1 AND granted", _PRESENCE) or 1
+        share = math.ceil(LANES / relays)
+        while len(self.lanes) > share:
+            lane = max(self.lanes)
+            await self._conn.execute("SELECT pg_advisory_unlock($1, $2)", _LOCK_CLASS, lane)
+            self.lanes.discard(lane)
+        for lane in range(LANES):
+            if len(self.lanes) >= share:
+                break
+            if lane not in self.lanes and await self._conn.fetchval(
+                    "SELECT pg_try_advisory_lock($1, $2)", _LOCK_CLASS, lane):
+                self.lanes.add(lane)
+
+    async def publish_batch(self) -> int:
+        """Publish one batch of this relay's lanes in outbox order, then mark the rows sent."""
+        assert self._conn is not None and self.producer is not None
+        if not self.lanes:
+            return 0
+        rows = await self._conn.fetch(
+            "SELECT seq, topic, key, headers, payload FROM outbox WHERE sent_at IS NULL AND lane = ANY($1::int[]) "
+            "ORDER BY seq LIMIT $2", sorted(self.lanes), self.batch_size)
+        if not rows:
+            return 0
+        futures = []
+        for row in rows:
+            headers = [(k, v.encode()) for k, v in orjson.loads(row["headers"])]
+            futures.append(await self.producer.send(row["topic"], value=row["payload"], key=row["key"].encode(),
+                                                    headers=headers))
+        await asyncio.wait_for(asyncio.gather(*futures), 30)
+        await self._conn.execute("UPDATE outbox SET sent_at = now() WHERE seq = ANY($1::bigint[])",
+                                 [r["seq"] for r in rows])
+        PUBLISHED.inc(len(rows))
+        return len(rows)
+
+    async def _measure(self) -> None:
+        assert self._conn is not None
+        oldest = await self._conn.fetchval(
+            "SELECT extract(epoch FROM clock_timestamp() - created_at) FROM outbox WHERE sent_at IS NULL "
+            "ORDER BY seq LIMIT 1")
+        OLDEST_UNSENT.set(float(oldest or 0.0))
+
+
+async def unsent_count(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL"))
+
+
+async def purge_sent(conn: asyncpg.Connection, *, older_than_s: float = 86400.0) -> int:
+    """Delete rows published more than `older_than_s` ago."""
+    result = await conn.execute(
+        "DELETE FROM outbox WHERE sent_at < now() - make_interval(secs => $1)", older_than_s)
+    return int(result.split()[-1])
+
