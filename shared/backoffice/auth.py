@@ -58,8 +58,9 @@ class Verifier:
                 claims = jwt.decode(token, self.secret, algorithms=["HS256"], options={"require": ["exp", "sub"]})
             elif alg == "RS256" and self.jwks is not None:
                 key = self.jwks.get_signing_key_from_jwt(token).key
-                claims = jwt.decode(token, key, algorithms=["RS256"], options={"require": ["exp", "sub"],
-                                                                                "verify_aud": False})
+                claims = jwt.decode(
+                    token, key, algorithms=["RS256"], options={"require": ["exp", "sub"], "verify_aud": False}
+                )
             else:
                 raise Unauthorized("token algorithm is not accepted")
         except jwt.ExpiredSignatureError as exc:
@@ -73,12 +74,17 @@ class Verifier:
         return Principal(sub=str(claims["sub"]), scopes=frozenset(scope.split()), customer_id=customer)
 
 
-def issue_token(secret: str, *, scopes: str, sub: str | None = None, customer_id: str | None = None,
-                ttl: int = 3600) -> str:
+def issue_token(
+    secret: str, *, scopes: str, sub: str | None = None, customer_id: str | None = None, ttl: int = 3600
+) -> str:
     """A development HS256 token."""
     now = int(time.time())
-    claims: dict[str, Any] = {"sub": sub or (f"customer:{customer_id}" if customer_id else f"dev:{uuid.uuid4()}"),
-                              "scope": scopes, "iat": now, "exp": now + ttl}
+    claims: dict[str, Any] = {
+        "sub": sub or (f"customer:{customer_id}" if customer_id else f"dev:{uuid.uuid4()}"),
+        "scope": scopes,
+        "iat": now,
+        "exp": now + ttl,
+    }
     if customer_id:
         claims["customer_id"] = customer_id
     return jwt.encode(claims, secret, algorithm="HS256")
@@ -87,8 +93,9 @@ def issue_token(secret: str, *, scopes: str, sub: str | None = None, customer_id
 def require(*scopes: str) -> Callable[..., Coroutine[Any, Any, Principal]]:
     """A dependency giving the caller's principal, after checking it holds any one of `scopes`."""
 
-    async def dependency(request: Request,
-                         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
+    async def dependency(
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    ) -> Principal:
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise Unauthorized("a bearer token is required")
         verifier: Verifier = request.app.state.verifier

@@ -32,7 +32,7 @@ def _migrate(args: argparse.Namespace) -> int:
     from backoffice.db import migrate_dsn, service_migrations
 
     module = __import__(args.service)
-    directory = Path(module.__file__).parent / "migrations"
+    directory = Path(module.__file__ or ".").parent / "migrations"
     dsn = os.environ.get(f"{args.service.upper()}_DATABASE_URL") or os.environ.get("DATABASE_URL")
     if not dsn:
         print(f"set {args.service.upper()}_DATABASE_URL or DATABASE_URL", file=sys.stderr)

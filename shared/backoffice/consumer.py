@@ -20,6 +20,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from prometheus_client import Counter
 
 from backoffice import context
+from backoffice.db import Conn
 from backoffice.envelope import Envelope, PoisonRecord, decode
 from backoffice.errors import DomainError, TransientError
 from backoffice.events import Event
@@ -28,17 +29,28 @@ from backoffice.topics import dlq_topic
 
 log = structlog.get_logger("consumer")
 
-Handler = Callable[[asyncpg.Connection, Envelope], Awaitable[None]]
+Handler = Callable[[Conn, Envelope], Awaitable[None]]
 
 APPLIED = Counter("consumer_events_applied_total", "Events applied", ["group", "type"])
 DUPLICATES = Counter("consumer_events_duplicate_total", "Re-deliveries skipped by the inbox", ["group"])
 DEAD_LETTERED = Counter("consumer_events_dead_lettered_total", "Records sent to the dead-letter topic", ["group"])
 RETRIES = Counter("consumer_batch_retries_total", "Batches retried after a transient failure", ["group"])
 
-TRANSIENT = (OSError, asyncio.TimeoutError, TransientError, KafkaError, asyncpg.InterfaceError,
-             asyncpg.PostgresConnectionError, asyncpg.SerializationError, asyncpg.DeadlockDetectedError,
-             asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError, asyncpg.QueryCanceledError,
-             asyncpg.AdminShutdownError, asyncpg.CrashShutdownError)
+TRANSIENT = (
+    OSError,
+    asyncio.TimeoutError,
+    TransientError,
+    KafkaError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.QueryCanceledError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
 _UNEXPECTED_ATTEMPTS = 3
 
 
@@ -55,9 +67,17 @@ class DeadLetter:
 class Consumer:
     """Consumes `topics` as `group`, applying each event once through `handlers` (by event class)."""
 
-    def __init__(self, *, group: str, topics: list[str], pool: asyncpg.Pool, bootstrap: str,
-                 handlers: Mapping[type[Event], Handler], batch_size: int = 500,
-                 producer: AIOKafkaProducer | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        group: str,
+        topics: list[str],
+        pool: asyncpg.Pool,
+        bootstrap: str,
+        handlers: Mapping[type[Event], Handler],
+        batch_size: int = 500,
+        producer: AIOKafkaProducer | None = None,
+    ) -> None:
         self.group = group
         self.topics = topics
         self.pool = pool
@@ -98,9 +118,14 @@ class Consumer:
             producer = new_producer(self.bootstrap)
             await producer.start()
             self._producer = producer
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=self.group,
-                                    enable_auto_commit=False, auto_offset_reset="earliest",
-                                    max_poll_records=self.batch_size, isolation_level="read_committed")
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.batch_size,
+            isolation_level="read_committed",
+        )
         consumer.subscribe(self.topics)
         try:
             await consumer.start()
@@ -148,8 +173,14 @@ class Consumer:
             if not is_transient(exc):
                 raise
             RETRIES.labels(self.group).inc()
-            log.warning("batch_retry", group=self.group, topic=tp.topic, partition=tp.partition,
-                        offset=records[0].offset, error=repr(exc))
+            log.warning(
+                "batch_retry",
+                group=self.group,
+                topic=tp.topic,
+                partition=tp.partition,
+                offset=records[0].offset,
+                error=repr(exc),
+            )
             self._consumer.seek(tp, records[0].offset)
             await asyncio.sleep(0.5)
             return 0
@@ -176,15 +207,24 @@ class Consumer:
                     dead.append(DeadLetter(record, reason))
         return dead
 
-    async def _apply_one(self, conn: asyncpg.Connection, record: ConsumerRecord,  # type: ignore[type-arg]
-                         envelope: Envelope, handler: Handler) -> str | None:
+    async def _apply_one(
+        self,
+        conn: Conn,
+        record: ConsumerRecord,  # type: ignore[type-arg]
+        envelope: Envelope,
+        handler: Handler,
+    ) -> str | None:
         """Apply one event inside a savepoint; return a dead-letter reason, or None once applied or skipped."""
         context.bind(correlation=envelope.correlation_id, parent=envelope.traceparent)
         try:
             async with conn.transaction():
                 inserted = await conn.fetchval(
                     "INSERT INTO inbox (consumer, event_id, event_type) VALUES ($1, $2, $3) "
-                    "ON CONFLICT DO NOTHING RETURNING true", self.group, envelope.id, envelope.type)
+                    "ON CONFLICT DO NOTHING RETURNING true",
+                    self.group,
+                    envelope.id,
+                    envelope.type,
+                )
                 if not inserted:
                     DUPLICATES.labels(self.group).inc()
                     return None
@@ -215,9 +255,14 @@ class Consumer:
                 ("dlq_partition", str(r.partition).encode()),
                 ("dlq_offset", str(r.offset).encode()),
             ]
-            futures.append(await self._producer.send(dlq_topic(self.group), value=r.value, key=r.key,
-                                                     headers=headers))
-            log.warning("dead_lettered", group=self.group, topic=r.topic, partition=r.partition, offset=r.offset,
-                        reason=item.reason)
+            futures.append(await self._producer.send(dlq_topic(self.group), value=r.value, key=r.key, headers=headers))
+            log.warning(
+                "dead_lettered",
+                group=self.group,
+                topic=r.topic,
+                partition=r.partition,
+                offset=r.offset,
+                reason=item.reason,
+            )
         await asyncio.wait_for(asyncio.gather(*futures), 30)
         DEAD_LETTERED.labels(self.group).inc(len(dead))

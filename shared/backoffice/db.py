@@ -7,6 +7,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
 import asyncpg
 import orjson
@@ -17,21 +18,31 @@ SHARED_MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 7_310_001
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
-Connection = asyncpg.Connection
-Pool = asyncpg.Pool
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    Conn: TypeAlias = asyncpg.Connection | PoolConnectionProxy
+else:
+    Conn = asyncpg.Connection
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for name in ("json", "jsonb"):
-        await conn.set_type_codec(name, encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads,
-                                  schema="pg_catalog")
+        await conn.set_type_codec(
+            name, encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads, schema="pg_catalog"
+        )
 
 
 async def create_pool(settings: ServiceSettings) -> asyncpg.Pool:
     """A pool whose connections encode and decode json/jsonb with orjson."""
-    pool = await asyncpg.create_pool(settings.database_url, min_size=settings.db_pool_min,
-                                     max_size=settings.db_pool_max, init=_init_connection, timeout=10,
-                                     command_timeout=30)
+    pool = await asyncpg.create_pool(
+        settings.database_url,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        init=_init_connection,
+        timeout=10,
+        command_timeout=30,
+    )
     assert pool is not None
     return pool
 
@@ -60,7 +71,7 @@ def load_migrations(directory: Path, *, namespace: str) -> list[Migration]:
     return found
 
 
-async def migrate(conn: asyncpg.Connection, migrations: Sequence[Migration]) -> list[str]:
+async def migrate(conn: Conn, migrations: Sequence[Migration]) -> list[str]:
     """Apply what is missing, one transaction per file, under an advisory lock; return the names applied."""
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
     try:
@@ -80,8 +91,9 @@ async def migrate(conn: asyncpg.Connection, migrations: Sequence[Migration]) -> 
                 continue
             async with conn.transaction():
                 await conn.execute(migration.sql)
-                await conn.execute("INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)",
-                                   migration.name, migration.checksum)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)", migration.name, migration.checksum
+                )
             done.append(migration.name)
         return done
     finally:

@@ -103,8 +103,9 @@ def decode(headers: Sequence[tuple[str, bytes]] | None, value: bytes | None) -> 
         time = datetime.fromisoformat(h["ce_time"]) if h.get("ce_time") else now()
     except (ValidationError, ValueError) as exc:
         raise PoisonRecord(f"{ce_type} fails its schema: {_short(exc)}") from exc
-    return Envelope(event=event, id=ce_id, time=time, correlation_id=h.get("ce_correlationid"),
-                    traceparent=h.get("traceparent"))
+    return Envelope(
+        event=event, id=ce_id, time=time, correlation_id=h.get("ce_correlationid"), traceparent=h.get("traceparent")
+    )
 
 
 def _short(exc: Exception) -> str:

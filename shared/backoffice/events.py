@@ -167,8 +167,9 @@ class InvoiceIssued(_BillingEvent):
 class PaymentReceived(_BillingEvent):
     name: ClassVar[str] = "PaymentReceived"
     key_field: ClassVar[str] = "payment_id"
-    type: Literal["backoffice.billing.PaymentReceived.v1"] = Field("backoffice.billing.PaymentReceived.v1",
-                                                                   exclude=True)
+    type: Literal["backoffice.billing.PaymentReceived.v1"] = Field(
+        "backoffice.billing.PaymentReceived.v1", exclude=True
+    )
     payment_id: str
     customer_id: str
     currency: Currency
@@ -203,8 +204,9 @@ class InvoicePaid(_BillingEvent):
 
 class CreditNoteIssued(_BillingEvent):
     name: ClassVar[str] = "CreditNoteIssued"
-    type: Literal["backoffice.billing.CreditNoteIssued.v1"] = Field("backoffice.billing.CreditNoteIssued.v1",
-                                                                    exclude=True)
+    type: Literal["backoffice.billing.CreditNoteIssued.v1"] = Field(
+        "backoffice.billing.CreditNoteIssued.v1", exclude=True
+    )
     credit_note_id: str
     number: str
     invoice_id: str
@@ -251,8 +253,9 @@ class BillReceived(_BillingEvent):
 class BillPaymentMade(_BillingEvent):
     name: ClassVar[str] = "BillPaymentMade"
     key_field: ClassVar[str] = "bill_id"
-    type: Literal["backoffice.billing.BillPaymentMade.v1"] = Field("backoffice.billing.BillPaymentMade.v1",
-                                                                   exclude=True)
+    type: Literal["backoffice.billing.BillPaymentMade.v1"] = Field(
+        "backoffice.billing.BillPaymentMade.v1", exclude=True
+    )
     payment_id: str
     bill_id: str
     vendor_id: str
@@ -300,19 +303,20 @@ class TicketOpened(_TicketState):
 class TicketStatusChanged(_TicketState):
     name: ClassVar[str] = "TicketStatusChanged"
     type: Literal["backoffice.support.TicketStatusChanged.v1"] = Field(
-        "backoffice.support.TicketStatusChanged.v1", exclude=True)
+        "backoffice.support.TicketStatusChanged.v1", exclude=True
+    )
 
 
 class TicketResolved(_TicketState):
     name: ClassVar[str] = "TicketResolved"
-    type: Literal["backoffice.support.TicketResolved.v1"] = Field("backoffice.support.TicketResolved.v1",
-                                                                  exclude=True)
+    type: Literal["backoffice.support.TicketResolved.v1"] = Field("backoffice.support.TicketResolved.v1", exclude=True)
 
 
 class TicketSLABreached(_SupportEvent):
     name: ClassVar[str] = "TicketSLABreached"
-    type: Literal["backoffice.support.TicketSLABreached.v1"] = Field("backoffice.support.TicketSLABreached.v1",
-                                                                     exclude=True)
+    type: Literal["backoffice.support.TicketSLABreached.v1"] = Field(
+        "backoffice.support.TicketSLABreached.v1", exclude=True
+    )
     ticket_id: str
     customer_id: str
     priority: str = ""
@@ -333,8 +337,9 @@ class DisputeOpened(_SupportEvent):
 
 class DisputeResolved(_SupportEvent):
     name: ClassVar[str] = "DisputeResolved"
-    type: Literal["backoffice.support.DisputeResolved.v1"] = Field("backoffice.support.DisputeResolved.v1",
-                                                                   exclude=True)
+    type: Literal["backoffice.support.DisputeResolved.v1"] = Field(
+        "backoffice.support.DisputeResolved.v1", exclude=True
+    )
     ticket_id: str
     customer_id: str
     invoice_id: str
@@ -349,8 +354,9 @@ class JournalEntryPosted(Event):
     service: ClassVar[str] = "ledger"
     name: ClassVar[str] = "JournalEntryPosted"
     key_field: ClassVar[str] = "entry_id"
-    type: Literal["backoffice.ledger.JournalEntryPosted.v1"] = Field("backoffice.ledger.JournalEntryPosted.v1",
-                                                                     exclude=True)
+    type: Literal["backoffice.ledger.JournalEntryPosted.v1"] = Field(
+        "backoffice.ledger.JournalEntryPosted.v1", exclude=True
+    )
     entry_id: str
     source_event_id: str | None = None
     source_type: str
@@ -362,18 +368,50 @@ class JournalEntryPosted(Event):
 
 
 CATALOG: tuple[type[Event], ...] = (
-    OrderPlaced, OrderConfirmed, OrderShipped, OrderCancelled, OrderReturned,
-    InvoiceIssued, PaymentReceived, CreditApplied, InvoicePaid, CreditNoteIssued, InvoiceOverdue,
-    BillReceived, BillPaymentMade, BillPaid,
-    TicketOpened, TicketStatusChanged, TicketResolved, TicketSLABreached, DisputeOpened, DisputeResolved,
+    OrderPlaced,
+    OrderConfirmed,
+    OrderShipped,
+    OrderCancelled,
+    OrderReturned,
+    InvoiceIssued,
+    PaymentReceived,
+    CreditApplied,
+    InvoicePaid,
+    CreditNoteIssued,
+    InvoiceOverdue,
+    BillReceived,
+    BillPaymentMade,
+    BillPaid,
+    TicketOpened,
+    TicketStatusChanged,
+    TicketResolved,
+    TicketSLABreached,
+    DisputeOpened,
+    DisputeResolved,
     JournalEntryPosted,
 )
 
 AnyEvent = Annotated[
-    OrderPlaced | OrderConfirmed | OrderShipped | OrderCancelled | OrderReturned
-    | InvoiceIssued | PaymentReceived | CreditApplied | InvoicePaid | CreditNoteIssued | InvoiceOverdue
-    | BillReceived | BillPaymentMade | BillPaid
-    | TicketOpened | TicketStatusChanged | TicketResolved | TicketSLABreached | DisputeOpened | DisputeResolved
+    OrderPlaced
+    | OrderConfirmed
+    | OrderShipped
+    | OrderCancelled
+    | OrderReturned
+    | InvoiceIssued
+    | PaymentReceived
+    | CreditApplied
+    | InvoicePaid
+    | CreditNoteIssued
+    | InvoiceOverdue
+    | BillReceived
+    | BillPaymentMade
+    | BillPaid
+    | TicketOpened
+    | TicketStatusChanged
+    | TicketResolved
+    | TicketSLABreached
+    | DisputeOpened
+    | DisputeResolved
     | JournalEntryPosted,
     Field(discriminator="type"),
 ]

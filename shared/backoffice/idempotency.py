@@ -14,12 +14,14 @@ import asyncpg
 import orjson
 from fastapi import Request
 from fastapi.encoders import jsonable_encoder
-from fastapi.responses import ORJSONResponse, Response
+from fastapi.responses import Response
 
 from backoffice.auth import Principal
+from backoffice.db import Conn
 from backoffice.errors import BadRequest, Conflict, Unprocessable
+from backoffice.responses import JSON
 
-Operation = Callable[[asyncpg.Connection], Awaitable[tuple[int, Any]]]
+Operation = Callable[[Conn], Awaitable[tuple[int, Any]]]
 MAX_KEY_LENGTH = 255
 
 
@@ -35,48 +37,72 @@ def _key(request: Request, *, required: bool) -> str | None:
     key = request.headers.get("idempotency-key")
     if key is None or not key.strip():
         if required:
-            raise BadRequest("the Idempotency-Key header is required for this request",
-                             errors=[{"field": "header.Idempotency-Key", "message": "required"}])
+            raise BadRequest(
+                "the Idempotency-Key header is required for this request",
+                errors=[{"field": "header.Idempotency-Key", "message": "required"}],
+            )
         return None
     if len(key) > MAX_KEY_LENGTH:
         raise Unprocessable("Idempotency-Key is too long", field="header.Idempotency-Key")
     return key.strip()
 
 
-async def run(request: Request, *, pool: asyncpg.Pool, principal: Principal, operation: Operation,
-              required: bool = False, wait_s: float = 10.0) -> Response:
+async def run(
+    request: Request,
+    *,
+    pool: asyncpg.Pool,
+    principal: Principal,
+    operation: Operation,
+    required: bool = False,
+    wait_s: float = 10.0,
+) -> Response:
     """Run `operation(conn)` in one transaction, at most once per (caller, Idempotency-Key)."""
     key = _key(request, required=required)
     async with pool.acquire() as conn, conn.transaction():
         if key is None:
             status, body = await operation(conn)
-            return ORJSONResponse(jsonable_encoder(body), status_code=status)
+            return JSON(jsonable_encoder(body), status_code=status)
         digest = request_hash(request.method, request.url.path, await request.body())
         await conn.execute(f"SET LOCAL lock_timeout = '{int(wait_s * 1000)}ms'")
         try:
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"{principal.sub}\x00{key}")
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(31) || $2, 0))", principal.sub, key
+            )
         except asyncpg.LockNotAvailableError as exc:
             raise Conflict("a request with this Idempotency-Key is still in progress") from exc
         await conn.execute("SET LOCAL lock_timeout = 0")
         stored = await conn.fetchrow(
             "SELECT request_hash, status_code, body FROM idempotency_keys WHERE principal = $1 AND key = $2",
-            principal.sub, key)
+            principal.sub,
+            key,
+        )
         if stored is not None:
             if stored["request_hash"] != digest:
-                raise Unprocessable("this Idempotency-Key was used with a different request",
-                                    field="header.Idempotency-Key")
-            return Response(bytes(stored["body"]), status_code=stored["status_code"], media_type="application/json",
-                            headers={"Idempotent-Replayed": "true"})
+                raise Unprocessable(
+                    "this Idempotency-Key was used with a different request", field="header.Idempotency-Key"
+                )
+            return Response(
+                bytes(stored["body"]),
+                status_code=stored["status_code"],
+                media_type="application/json",
+                headers={"Idempotent-Replayed": "true"},
+            )
         status, body = await operation(conn)
         encoded = orjson.dumps(jsonable_encoder(body))
         await conn.execute(
             "INSERT INTO idempotency_keys (principal, key, request_hash, status_code, body) VALUES ($1,$2,$3,$4,$5)",
-            principal.sub, key, digest, status, encoded)
+            principal.sub,
+            key,
+            digest,
+            status,
+            encoded,
+        )
         return Response(encoded, status_code=status, media_type="application/json")
 
 
-async def purge(conn: asyncpg.Connection, *, older_than_s: float = 48 * 3600) -> int:
+async def purge(conn: Conn, *, older_than_s: float = 48 * 3600) -> int:
     """Forget keys older than `older_than_s` (kept at least 24 hours by contract)."""
-    result = await conn.execute("DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)",
-                                older_than_s)
+    result = await conn.execute(
+        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)", older_than_s
+    )
     return int(result.split()[-1])

@@ -16,16 +16,18 @@ def configure(*, service: str, level: str = "INFO") -> None:
         lambda _, __, event: {"service": service, **event},
     ]
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info,
-                    structlog.processors.JSONRenderer()],
+        processors=[*shared, structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, structlog.processors.format_exc_info,
-                    structlog.processors.JSONRenderer()],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
     )
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(formatter)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import orjson
 from prometheus_client import Counter, Histogram
@@ -14,13 +13,23 @@ from backoffice import context
 MAX_BODY = 1024 * 1024
 
 REQUESTS = Counter("http_requests_total", "HTTP requests", ["method", "route", "status"])
-LATENCY = Histogram("http_request_duration_seconds", "HTTP request latency", ["method", "route"],
-                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+LATENCY = Histogram(
+    "http_request_duration_seconds",
+    "HTTP request latency",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
 
 
 def _problem_413() -> bytes:
-    return orjson.dumps({"type": "https://backoffice.dev/problems/content-too-large", "title": "Content too large",
-                         "status": 413, "detail": f"the request body is over {MAX_BODY} bytes"})
+    return orjson.dumps(
+        {
+            "type": "https://backoffice.dev/problems/content-too-large",
+            "title": "Content too large",
+            "status": 413,
+            "detail": f"the request body is over {MAX_BODY} bytes",
+        }
+    )
 
 
 class _TooLarge(Exception):
@@ -68,8 +77,13 @@ class BodyLimit:
 
 
 async def _send_413(send: Send) -> None:
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/problem+json"), (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/problem+json"), (b"connection", b"close")],
+        }
+    )
     await send({"type": "http.response.body", "body": _problem_413()})
 
 
@@ -103,7 +117,7 @@ class Correlation:
             LATENCY.labels(scope["method"], route).observe(time.perf_counter() - started)
 
 
-def _route(scope: dict[str, Any]) -> str:
+def _route(scope: Scope) -> str:
     route = scope.get("route")
     path = getattr(route, "path", None)
     return str(path) if path else "unmatched"

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
+from backoffice.db import Conn
 from backoffice.envelope import Envelope, encode
 from backoffice.events import Event
 
@@ -37,33 +38,49 @@ def lane_of(key: str) -> int:
     return zlib.crc32(key.encode()) % LANES
 
 
-async def append(conn: asyncpg.Connection, event: Event | Envelope, *, topic_prefix: str = "") -> Envelope:
+async def append(conn: Conn, event: Event | Envelope, *, topic_prefix: str = "") -> Envelope:
     """Write one event to the outbox inside the caller's transaction."""
     envelope = event if isinstance(event, Envelope) else Envelope.wrap(event)
     await append_many(conn, [envelope], topic_prefix=topic_prefix)
     return envelope
 
 
-async def append_many(conn: asyncpg.Connection, events: Sequence[Event | Envelope], *,
-                      topic_prefix: str = "") -> list[Envelope]:
+async def append_many(conn: Conn, events: Sequence[Event | Envelope], *, topic_prefix: str = "") -> list[Envelope]:
     """Write several events in one round trip, in order, inside the caller's transaction."""
     envelopes = [e if isinstance(e, Envelope) else Envelope.wrap(e) for e in events]
     if not envelopes:
         return []
     rows = []
     for env in envelopes:
-        key, value, headers = encode(env)
-        rows.append((env.id, lane_of(env.subject), env.topic(prefix=topic_prefix), env.subject,
-                     orjson.dumps([[k, v.decode()] for k, v in headers]).decode(), value))
+        _key, value, headers = encode(env)
+        rows.append(
+            (
+                env.id,
+                lane_of(env.subject),
+                env.topic(prefix=topic_prefix),
+                env.subject,
+                orjson.dumps([[k, v.decode()] for k, v in headers]).decode(),
+                value,
+            )
+        )
     await conn.executemany(
-        "INSERT INTO outbox (event_id, lane, topic, key, headers, payload) VALUES ($1, $2, $3, $4, $5::text::jsonb, $6)", rows)
+        "INSERT INTO outbox (event_id, lane, topic, key, headers, payload)"
+        " VALUES ($1, $2, $3, $4, $5::text::jsonb, $6)",
+        rows,
+    )
     return envelopes
 
 
 def new_producer(bootstrap: str) -> AIOKafkaProducer:
     """The idempotent producer every service publishes with (acks=all, ordered retries)."""
-    return AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=2,
-                            request_timeout_ms=15000, max_batch_size=262144)
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=2,
+        request_timeout_ms=15000,
+        max_batch_size=262144,
+    )
 
 
 class Relay:
@@ -76,7 +93,7 @@ class Relay:
         self.poll_interval = poll_interval
         self.lanes: set[int] = set()
         self.producer: AIOKafkaProducer | None = None
-        self._conn: asyncpg.Connection | None = None
+        self._conn: Conn | None = None
         self._wake = asyncio.Event()
         self._stopping = False
         self.kafka_ok = False
@@ -91,8 +108,7 @@ class Relay:
                     await self._connect()
                     await self._cycle()
                     backoff = 0.2
-                except (KafkaError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                        asyncio.TimeoutError) as exc:
+                except (TimeoutError, KafkaError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     RELAY_ERRORS.inc()
                     log.warning("relay_retry", error=repr(exc), backoff_s=round(backoff, 2))
                     await self._reset(kafka=isinstance(exc, KafkaError | asyncio.TimeoutError))
@@ -103,20 +119,21 @@ class Relay:
 
     async def _measure_loop(self) -> None:
         """Keep the age of the oldest unsent row current, even while publishing is stuck."""
-        conn: asyncpg.Connection | None = None
+        conn: Conn | None = None
         while True:
             try:
                 if conn is None or conn.is_closed():
                     conn = await asyncpg.connect(self.dsn, timeout=5)
                 oldest = await conn.fetchval(
                     "SELECT extract(epoch FROM clock_timestamp() - created_at) FROM outbox WHERE sent_at IS NULL "
-                    "ORDER BY seq LIMIT 1")
+                    "ORDER BY seq LIMIT 1"
+                )
                 OLDEST_UNSENT.set(float(oldest or 0.0))
             except asyncio.CancelledError:
                 if conn is not None:
                     conn.terminate()
                 raise
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError):
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 conn = None
             await asyncio.sleep(1.0)
 
@@ -147,14 +164,14 @@ class Relay:
                 producer, self.producer = self.producer, None
                 try:
                     await asyncio.wait_for(producer.stop(), 10)
-                except (KafkaError, OSError, asyncio.TimeoutError):
+                except (TimeoutError, KafkaError, OSError):
                     pass
         if self._conn is not None and (kafka is False or self._stopping):
             conn, self._conn = self._conn, None
             self.lanes.clear()
             try:
                 await asyncio.wait_for(conn.close(), 5)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError):
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 conn.terminate()
 
     async def _cycle(self) -> None:
@@ -165,16 +182,21 @@ class Relay:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _balance_lanes(self) -> None:
         """Hold a fair share of the lanes: release extras, try to take free ones."""
         assert self._conn is not None
-        relays = await self._conn.fetchval(
-            "SELECT count(DISTINCT pid) FROM pg_locks WHERE locktype = 'advisory' AND classid = $1 AND objid = 0 "
-            "AND objsubid = 2 AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            _PRESENCE) or 1
+        relays = (
+            await self._conn.fetchval(
+                "SELECT count(DISTINCT pid) FROM pg_locks WHERE locktype = 'advisory' AND classid = $1 AND objid = 0"
+                " AND objsubid = 2 AND granted"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                _PRESENCE,
+            )
+            or 1
+        )
         share = math.ceil(LANES / relays)
         while len(self.lanes) > share:
             lane = max(self.lanes)
@@ -184,7 +206,8 @@ class Relay:
             if len(self.lanes) >= share:
                 break
             if lane not in self.lanes and await self._conn.fetchval(
-                    "SELECT pg_try_advisory_lock($1, $2)", _LOCK_CLASS, lane):
+                "SELECT pg_try_advisory_lock($1, $2)", _LOCK_CLASS, lane
+            ):
                 self.lanes.add(lane)
 
     async def publish_batch(self) -> int:
@@ -193,29 +216,32 @@ class Relay:
         if not self.lanes:
             return 0
         rows = await self._conn.fetch(
-            "SELECT seq, topic, key, headers::text AS headers, payload FROM outbox WHERE sent_at IS NULL AND lane = ANY($1::int[]) "
-            "ORDER BY seq LIMIT $2", sorted(self.lanes), self.batch_size)
+            "SELECT seq, topic, key, headers::text AS headers, payload FROM outbox"
+            " WHERE sent_at IS NULL AND lane = ANY($1::int[]) ORDER BY seq LIMIT $2",
+            sorted(self.lanes),
+            self.batch_size,
+        )
         if not rows:
             return 0
         futures = []
         for row in rows:
             headers = [(k, v.encode()) for k, v in orjson.loads(row["headers"])]
-            futures.append(await self.producer.send(row["topic"], value=row["payload"], key=row["key"].encode(),
-                                                    headers=headers))
+            futures.append(
+                await self.producer.send(row["topic"], value=row["payload"], key=row["key"].encode(), headers=headers)
+            )
         await asyncio.wait_for(asyncio.gather(*futures), 30)
-        await self._conn.execute("UPDATE outbox SET sent_at = now() WHERE seq = ANY($1::bigint[])",
-                                 [r["seq"] for r in rows])
+        await self._conn.execute(
+            "UPDATE outbox SET sent_at = now() WHERE seq = ANY($1::bigint[])", [r["seq"] for r in rows]
+        )
         PUBLISHED.inc(len(rows))
         return len(rows)
 
 
-async def unsent_count(conn: asyncpg.Connection) -> int:
+async def unsent_count(conn: Conn) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL"))
 
 
-async def purge_sent(conn: asyncpg.Connection, *, older_than_s: float = 86400.0) -> int:
+async def purge_sent(conn: Conn, *, older_than_s: float = 86400.0) -> int:
     """Delete rows published more than `older_than_s` ago."""
-    result = await conn.execute(
-        "DELETE FROM outbox WHERE sent_at < now() - make_interval(secs => $1)", older_than_s)
+    result = await conn.execute("DELETE FROM outbox WHERE sent_at < now() - make_interval(secs => $1)", older_than_s)
     return int(result.split()[-1])
-

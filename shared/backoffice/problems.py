@@ -7,30 +7,53 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backoffice.errors import DomainError
+from backoffice.responses import JSON
 
 PROBLEM = "application/problem+json"
 _BASE = "https://backoffice.dev/problems/"
 log = structlog.get_logger("http")
 
-_TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
-           406: "Not acceptable", 409: "Conflict", 413: "Content too large", 415: "Unsupported media type",
-           422: "Unprocessable content", 429: "Too many requests", 500: "Internal server error",
-           503: "Service unavailable"}
+_TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    406: "Not acceptable",
+    409: "Conflict",
+    413: "Content too large",
+    415: "Unsupported media type",
+    422: "Unprocessable content",
+    429: "Too many requests",
+    500: "Internal server error",
+    503: "Service unavailable",
+}
 
 
-class ProblemResponse(ORJSONResponse):
+class ProblemResponse(JSON):
     media_type = PROBLEM
 
 
-def problem(status: int, detail: str, *, slug: str | None = None, title: str | None = None,
-            headers: dict[str, str] | None = None, **extra: Any) -> ProblemResponse:
+def problem(
+    status: int,
+    detail: str,
+    *,
+    slug: str | None = None,
+    title: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> ProblemResponse:
     title = title or _TITLES.get(status, "Error")
-    body = {"type": _BASE + (slug or title.lower().replace(" ", "-")), "title": title, "status": status,
-            "detail": detail, **extra}
+    body = {
+        "type": _BASE + (slug or title.lower().replace(" ", "-")),
+        "title": title,
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
     return ProblemResponse(body, status_code=status, headers=headers)
 
 
@@ -39,8 +62,13 @@ def field_errors(errors: list[Any]) -> list[dict[str, str]]:
     out = []
     for err in errors:
         loc = [str(part) for part in err.get("loc", ())]
-        out.append({"field": ".".join(loc) or "body", "message": str(err.get("msg", "invalid")),
-                    "type": str(err.get("type", "value_error"))})
+        out.append(
+            {
+                "field": ".".join(loc) or "body",
+                "message": str(err.get("msg", "invalid")),
+                "type": str(err.get("type", "value_error")),
+            }
+        )
     return out
 
 

@@ -15,7 +15,7 @@ import structlog
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import ORJSONResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from backoffice import db, idempotency, logs, outbox, problems, tracing
@@ -23,6 +23,7 @@ from backoffice.auth import Verifier
 from backoffice.consumer import Consumer, Handler
 from backoffice.events import Event
 from backoffice.middleware import BodyLimit, Correlation
+from backoffice.responses import JSON
 from backoffice.settings import ServiceSettings
 from backoffice.topics import events_topic
 
@@ -47,8 +48,13 @@ class ServiceSpec:
 
 def create_service_app(spec: ServiceSpec) -> FastAPI:
     settings = spec.settings
-    app = FastAPI(title=spec.title, description=spec.description, version="1.0.0", lifespan=_lifespan(spec),
-                  default_response_class=ORJSONResponse)
+    app = FastAPI(
+        title=spec.title,
+        description=spec.description,
+        version="1.0.0",
+        lifespan=_lifespan(spec),
+        default_response_class=JSON,
+    )
     app.state.settings = settings
     app.state.verifier = Verifier(settings)
     app.state.relay = None
@@ -57,10 +63,14 @@ def create_service_app(spec: ServiceSpec) -> FastAPI:
     problems.install(app)
     app.add_middleware(BodyLimit)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
-                           allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-                           allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Correlation-ID"],
-                           expose_headers=["X-Correlation-ID", "Idempotent-Replayed"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=False,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Correlation-ID"],
+            expose_headers=["X-Correlation-ID", "Idempotent-Replayed"],
+        )
     app.add_middleware(Correlation)
     app.include_router(_health_router())
     for router in spec.routers:
@@ -81,19 +91,26 @@ def _lifespan(spec: ServiceSpec) -> Callable[[FastAPI], Any]:
         app.state.pool = pool
         if settings.auto_migrate:
             async with pool.acquire() as conn:
-                applied = await db.migrate(conn, db.service_migrations(spec.migrations,
-                                                                       service=settings.service_name))
+                applied = await db.migrate(conn, db.service_migrations(spec.migrations, service=settings.service_name))
             if applied:
                 log.info("migrations_applied", names=applied)
-        relay = outbox.Relay(dsn=settings.database_url, bootstrap=settings.kafka_bootstrap_servers,
-                             batch_size=settings.outbox_batch_size, poll_interval=settings.outbox_poll_interval_s)
+        relay = outbox.Relay(
+            dsn=settings.database_url,
+            bootstrap=settings.kafka_bootstrap_servers,
+            batch_size=settings.outbox_batch_size,
+            poll_interval=settings.outbox_poll_interval_s,
+        )
         app.state.relay = relay
         tasks = [asyncio.create_task(relay.run(), name="outbox-relay")]
         if spec.handlers:
-            consumer = Consumer(group=settings.consumer_group,
-                                topics=[events_topic(s, prefix=settings.topic_prefix) for s in spec.subscribes_to],
-                                pool=pool, bootstrap=settings.kafka_bootstrap_servers, handlers=spec.handlers,
-                                batch_size=settings.consumer_batch_size)
+            consumer = Consumer(
+                group=settings.consumer_group,
+                topics=[events_topic(s, prefix=settings.topic_prefix) for s in spec.subscribes_to],
+                pool=pool,
+                bootstrap=settings.kafka_bootstrap_servers,
+                handlers=spec.handlers,
+                batch_size=settings.consumer_batch_size,
+            )
             app.state.consumer = consumer
             tasks.append(asyncio.create_task(consumer.run(), name="consumer"))
         jobs = {**spec.jobs, "housekeeping": _housekeeping}
@@ -123,7 +140,7 @@ async def _connect_pool(settings: ServiceSettings, *, attempts: int = 60) -> asy
     for attempt in range(attempts):
         try:
             return await db.create_pool(settings)
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             if attempt == attempts - 1:
                 raise
             log.warning("database_unreachable", error=repr(exc))
@@ -158,7 +175,7 @@ async def readiness(app: FastAPI) -> dict[str, str]:
             async with app.state.pool.acquire() as conn:
                 await conn.fetchval("SELECT 1")
         checks["database"] = "ok"
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError, AttributeError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, AttributeError) as exc:
         checks["database"] = f"unreachable: {type(exc).__name__}"
     checks["kafka"] = await _kafka_check(app, timeout)
     return checks
@@ -172,7 +189,7 @@ async def _kafka_check(app: FastAPI, timeout: float) -> str:
     try:
         async with asyncio.timeout(timeout):
             ok = await producer.client.ready(producer.client.get_random_node() or 0)
-    except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, KafkaError, OSError) as exc:
         return f"unreachable: {type(exc).__name__}"
     return "ok" if ok else "unreachable: no broker answers"
 
@@ -185,11 +202,10 @@ def _health_router() -> APIRouter:
         return {"status": "ok"}
 
     @router.get("/readyz", summary="The database and Kafka are reachable (else 503)")
-    async def readyz(request: Request) -> ORJSONResponse:
+    async def readyz(request: Request) -> JSON:
         checks = await readiness(request.app)
         ready = all(v == "ok" for v in checks.values())
-        return ORJSONResponse({"status": "ok" if ready else "unavailable", "checks": checks},
-                              status_code=200 if ready else 503)
+        return JSON({"status": "ok" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503)
 
     @router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def metrics() -> PlainTextResponse:

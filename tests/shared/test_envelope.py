@@ -16,32 +16,88 @@ from backoffice.envelope import Envelope, PoisonRecord, decode, encode, header_m
 ids = st.uuids().map(str)
 money = st.integers(min_value=0, max_value=10**12)
 quantity = st.integers(min_value=1, max_value=10**6)
-times = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1),
-                     timezones=st.sampled_from([UTC, None]).map(lambda tz: tz or UTC))
+times = st.datetimes(
+    min_value=datetime(2000, 1, 1),
+    max_value=datetime(2100, 1, 1),
+    timezones=st.sampled_from([UTC, None]).map(lambda tz: tz or UTC),
+)
 currency = st.sampled_from(["EUR", "USD", "JPY", "GBP"])
 text = st.text(max_size=40)
-lines = st.lists(st.builds(events.Line, sku=st.text(min_size=1, max_size=20), quantity=quantity,
-                           unit_price_minor=money), min_size=1, max_size=5).map(tuple)
+lines = st.lists(
+    st.builds(events.Line, sku=st.text(min_size=1, max_size=20), quantity=quantity, unit_price_minor=money),
+    min_size=1,
+    max_size=5,
+).map(tuple)
 
 
 @st.composite
 def any_event(draw: st.DrawFn) -> events.Event:
-    return draw(st.one_of(
-        st.builds(events.OrderShipped, order_id=ids, shipment_id=ids, customer_id=ids, currency=currency, lines=lines,
-                  subtotal_minor=money, carrier=st.none() | text, tracking_number=st.none() | text, shipped_at=times),
-        st.builds(events.PaymentReceived, payment_id=ids, customer_id=ids, currency=currency,
-                  amount_minor=st.integers(1, 10**9), unapplied_minor=money, received_at=times,
-                  applied=st.lists(st.builds(events.Allocation, invoice_id=ids, amount_minor=st.integers(1, 10**9)),
-                                   max_size=3).map(tuple)),
-        st.builds(events.JournalEntryPosted, entry_id=ids, source_event_id=ids, source_type=text, currency=currency,
-                  effective_at=times, posted_at=times,
-                  lines=st.lists(st.builds(events.PostedLine, account=st.sampled_from(["1000", "1100"]),
-                                           debit_minor=money, credit_minor=money), min_size=2, max_size=4).map(tuple)),
-        st.builds(events.TicketOpened, ticket_id=ids, customer_id=ids, status=st.just("new"),
-                  priority=st.sampled_from(["low", "high"]), order_id=st.none() | ids, invoice_id=st.none() | ids),
-        st.builds(events.InvoiceOverdue, invoice_id=ids, customer_id=ids, currency=currency, balance_minor=money,
-                  due_at=times, days_overdue=st.integers(0, 400), dunning_level=st.integers(1, 3)),
-    ))
+    return draw(
+        st.one_of(
+            st.builds(
+                events.OrderShipped,
+                order_id=ids,
+                shipment_id=ids,
+                customer_id=ids,
+                currency=currency,
+                lines=lines,
+                subtotal_minor=money,
+                carrier=st.none() | text,
+                tracking_number=st.none() | text,
+                shipped_at=times,
+            ),
+            st.builds(
+                events.PaymentReceived,
+                payment_id=ids,
+                customer_id=ids,
+                currency=currency,
+                amount_minor=st.integers(1, 10**9),
+                unapplied_minor=money,
+                received_at=times,
+                applied=st.lists(
+                    st.builds(events.Allocation, invoice_id=ids, amount_minor=st.integers(1, 10**9)), max_size=3
+                ).map(tuple),
+            ),
+            st.builds(
+                events.JournalEntryPosted,
+                entry_id=ids,
+                source_event_id=ids,
+                source_type=text,
+                currency=currency,
+                effective_at=times,
+                posted_at=times,
+                lines=st.lists(
+                    st.builds(
+                        events.PostedLine,
+                        account=st.sampled_from(["1000", "1100"]),
+                        debit_minor=money,
+                        credit_minor=money,
+                    ),
+                    min_size=2,
+                    max_size=4,
+                ).map(tuple),
+            ),
+            st.builds(
+                events.TicketOpened,
+                ticket_id=ids,
+                customer_id=ids,
+                status=st.just("new"),
+                priority=st.sampled_from(["low", "high"]),
+                order_id=st.none() | ids,
+                invoice_id=st.none() | ids,
+            ),
+            st.builds(
+                events.InvoiceOverdue,
+                invoice_id=ids,
+                customer_id=ids,
+                currency=currency,
+                balance_minor=money,
+                due_at=times,
+                days_overdue=st.integers(0, 400),
+                dunning_level=st.integers(1, 3),
+            ),
+        )
+    )
 
 
 class TestRoundTrip:
@@ -85,33 +141,49 @@ class TestRoundTrip:
 
 
 def _headers(ce_type: str, ce_id: str | None = None) -> list[tuple[str, bytes]]:
-    return [("ce_specversion", b"1.0"), ("ce_id", (ce_id or str(uuid.uuid4())).encode()),
-            ("ce_type", ce_type.encode()), ("ce_source", b"/backoffice/orders"), ("ce_subject", b"x")]
+    return [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", (ce_id or str(uuid.uuid4())).encode()),
+        ("ce_type", ce_type.encode()),
+        ("ce_source", b"/backoffice/orders"),
+        ("ce_subject", b"x"),
+    ]
 
 
 class TestPoison:
     def test_unknown_fields_are_ignored(self) -> None:
         data = {"order_id": "o", "customer_id": "c", "confirmed_at": "2026-01-01T00:00:00+00:00", "extra": 1}
         envelope = decode(_headers("backoffice.orders.OrderConfirmed.v1"), orjson.dumps(data))
-        assert envelope.event == events.OrderConfirmed(order_id="o", customer_id="c",
-                                                       confirmed_at=datetime(2026, 1, 1, tzinfo=UTC))
+        assert envelope.event == events.OrderConfirmed(
+            order_id="o", customer_id="c", confirmed_at=datetime(2026, 1, 1, tzinfo=UTC)
+        )
 
-    @pytest.mark.parametrize(("headers", "value", "reason"), [
-        (_headers("backoffice.orders.OrderConfirmed.v1"), b"not json", "not JSON"),
-        (_headers("backoffice.orders.Nope.v1"), b"{}", "unknown event type"),
-        (_headers("backoffice.orders.OrderConfirmed.v1"), b'{"order_id": "o"}', "fails its schema"),
-        (_headers("backoffice.orders.OrderConfirmed.v1"), b"[1, 2]", "not a JSON object"),
-        ([("ce_type", b"backoffice.orders.OrderConfirmed.v1")], b"{}", "CloudEvents headers"),
-        (_headers("backoffice.orders.OrderConfirmed.v1", ce_id="not-a-uuid"), b"{}", "not a UUID"),
-        (None, None, "CloudEvents headers"),
-    ])
-    def test_poison_is_recognised_with_a_reason(self, headers: list[tuple[str, bytes]] | None, value: bytes | None,
-                                                reason: str) -> None:
+    @pytest.mark.parametrize(
+        ("headers", "value", "reason"),
+        [
+            (_headers("backoffice.orders.OrderConfirmed.v1"), b"not json", "not JSON"),
+            (_headers("backoffice.orders.Nope.v1"), b"{}", "unknown event type"),
+            (_headers("backoffice.orders.OrderConfirmed.v1"), b'{"order_id": "o"}', "fails its schema"),
+            (_headers("backoffice.orders.OrderConfirmed.v1"), b"[1, 2]", "not a JSON object"),
+            ([("ce_type", b"backoffice.orders.OrderConfirmed.v1")], b"{}", "CloudEvents headers"),
+            (_headers("backoffice.orders.OrderConfirmed.v1", ce_id="not-a-uuid"), b"{}", "not a UUID"),
+            (None, None, "CloudEvents headers"),
+        ],
+    )
+    def test_poison_is_recognised_with_a_reason(
+        self, headers: list[tuple[str, bytes]] | None, value: bytes | None, reason: str
+    ) -> None:
         with pytest.raises(PoisonRecord, match=reason):
             decode(headers, value)
 
     def test_money_as_float_is_poison(self) -> None:
-        data = {"payment_id": "p", "customer_id": "c", "currency": "EUR", "amount_minor": 10.5,
-                "unapplied_minor": 0, "received_at": "2026-01-01T00:00:00Z"}
+        data = {
+            "payment_id": "p",
+            "customer_id": "c",
+            "currency": "EUR",
+            "amount_minor": 10.5,
+            "unapplied_minor": 0,
+            "received_at": "2026-01-01T00:00:00Z",
+        }
         with pytest.raises(PoisonRecord):
             decode(_headers("backoffice.billing.PaymentReceived.v1"), orjson.dumps(data))

@@ -19,8 +19,9 @@ def _write(directory: Path, files: dict[str, str]) -> None:
 
 
 class TestMigrations:
-    async def test_applies_each_file_once_in_order(self, tmp_path: Path,
-                                                   make_database: Callable[[str], Awaitable[str]]) -> None:
+    async def test_applies_each_file_once_in_order(
+        self, tmp_path: Path, make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
         dsn = await make_database("mig_once")
         _write(tmp_path, {"0001_a.sql": "CREATE TABLE a (id int);", "0002_b.sql": "INSERT INTO a VALUES (1);"})
         first = await migrate_dsn(dsn, load_migrations(tmp_path, namespace="svc"))
@@ -31,8 +32,9 @@ class TestMigrations:
         assert await conn.fetchval("SELECT count(*) FROM a") == 1
         await conn.close()
 
-    async def test_refuses_an_applied_file_that_was_edited(self, tmp_path: Path,
-                                                           make_database: Callable[[str], Awaitable[str]]) -> None:
+    async def test_refuses_an_applied_file_that_was_edited(
+        self, tmp_path: Path, make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
         dsn = await make_database("mig_edit")
         _write(tmp_path, {"0001_a.sql": "CREATE TABLE a (id int);"})
         await migrate_dsn(dsn, load_migrations(tmp_path, namespace="svc"))
@@ -40,8 +42,9 @@ class TestMigrations:
         with pytest.raises(MigrationError, match="edited"):
             await migrate_dsn(dsn, load_migrations(tmp_path, namespace="svc"))
 
-    async def test_a_failing_file_leaves_nothing_half_applied(self, tmp_path: Path,
-                                                              make_database: Callable[[str], Awaitable[str]]) -> None:
+    async def test_a_failing_file_leaves_nothing_half_applied(
+        self, tmp_path: Path, make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
         dsn = await make_database("mig_fail")
         _write(tmp_path, {"0001_a.sql": "CREATE TABLE a (id int); SELECT no_such_function();"})
         with pytest.raises(asyncpg.PostgresError):
@@ -51,11 +54,14 @@ class TestMigrations:
         assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 0
         await conn.close()
 
-    async def test_two_runners_at_once_apply_each_file_once(self, tmp_path: Path,
-                                                            make_database: Callable[[str], Awaitable[str]]) -> None:
+    async def test_two_runners_at_once_apply_each_file_once(
+        self, tmp_path: Path, make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
         dsn = await make_database("mig_race")
-        _write(tmp_path, {"0001_a.sql": "CREATE TABLE a (id int); SELECT pg_sleep(0.3);",
-                          "0002_b.sql": "INSERT INTO a VALUES (1);"})
+        _write(
+            tmp_path,
+            {"0001_a.sql": "CREATE TABLE a (id int); SELECT pg_sleep(0.3);", "0002_b.sql": "INSERT INTO a VALUES (1);"},
+        )
         conns = [await asyncpg.connect(dsn) for _ in range(2)]
         results = await asyncio.gather(*(migrate(c, load_migrations(tmp_path, namespace="svc")) for c in conns))
         assert sorted(len(r) for r in results) == [0, 2]

@@ -40,8 +40,9 @@ async def relaying(dsn: str, bootstrap: str = BOOTSTRAP, batch_size: int = 500):
 
 
 class TestPublishedIffCommitted:
-    async def test_rolled_back_event_is_never_published(self, topics: str,
-                                                        make_database: Callable[[str], Awaitable[str]]) -> None:
+    async def test_rolled_back_event_is_never_published(
+        self, topics: str, make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
         dsn = await messaging_db(await make_database("outbox_iff"))
         conn = await asyncpg.connect(dsn)
         tx = conn.transaction()
@@ -52,8 +53,9 @@ class TestPublishedIffCommitted:
             committed = await outbox.append(conn, numbered("iff-committed", 0), topic_prefix=topics)
         await conn.close()
         async with relaying(dsn):
-            records = await read_topic(events_topic("orders", prefix=topics),
-                                       until=lambda rs: committed.id in ce_ids(rs))
+            records = await read_topic(
+                events_topic("orders", prefix=topics), until=lambda rs: committed.id in ce_ids(rs)
+            )
         assert committed.id in ce_ids(records)
         assert rolled_back.id not in ce_ids(records)
         h = header_map(next(r for r in records if header_map(r.headers)["ce_id"] == committed.id).headers)
@@ -61,19 +63,22 @@ class TestPublishedIffCommitted:
 
 
 class TestOrderAndRecovery:
-    async def test_every_row_published_in_order_per_key(self, topics: str,
-                                                        make_database: Callable[[str], Awaitable[str]]) -> None:
+    async def test_every_row_published_in_order_per_key(
+        self, topics: str, make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
         dsn = await messaging_db(await make_database("outbox_order"))
         keys = [f"order-key-{i}" for i in range(7)]
         ids = await append_numbered(dsn, keys=keys, per_key=40, prefix=topics)
         async with relaying(dsn, batch_size=50):
-            records = await read_topic(events_topic("orders", prefix=topics),
-                                       until=lambda rs: set(ids) <= set(ce_ids(rs)))
+            records = await read_topic(
+                events_topic("orders", prefix=topics), until=lambda rs: set(ids) <= set(ce_ids(rs))
+            )
         seqs = by_key([r for r in records if r.key.decode() in keys])
         assert {k: seqs[k] for k in keys} == {k: list(range(40)) for k in keys}
 
     async def test_relay_killed_mid_batch_then_restarted_publishes_every_row_in_order(
-            self, topics: str, make_database: Callable[[str], Awaitable[str]]) -> None:
+        self, topics: str, make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
         dsn = await messaging_db(await make_database("outbox_kill"))
         keys = [f"kill-key-{i}" for i in range(5)]
         ids = await append_numbered(dsn, keys=keys, per_key=100, prefix=topics)
@@ -83,19 +88,22 @@ class TestOrderAndRecovery:
                     await asyncio.sleep(0.01)
         assert await _sent(dsn) < len(ids), "the relay should have been stopped part-way"
         async with relaying(dsn, batch_size=25):
-            records = await read_topic(events_topic("orders", prefix=topics),
-                                       until=lambda rs: set(ids) <= set(ce_ids(rs)))
+            records = await read_topic(
+                events_topic("orders", prefix=topics), until=lambda rs: set(ids) <= set(ce_ids(rs))
+            )
         seqs = by_key([r for r in records if r.key.decode() in keys])
         assert {k: seqs[k] for k in keys} == {k: list(range(100)) for k in keys}
 
     async def test_two_relays_on_one_database_neither_duplicate_nor_reorder(
-            self, topics: str, make_database: Callable[[str], Awaitable[str]]) -> None:
+        self, topics: str, make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
         dsn = await messaging_db(await make_database("outbox_two"))
         keys = [f"two-key-{i}" for i in range(16)]
         async with relaying(dsn, batch_size=20) as first, relaying(dsn, batch_size=20) as second:
             ids = await append_numbered(dsn, keys=keys, per_key=30, prefix=topics)
-            records = await read_topic(events_topic("orders", prefix=topics),
-                                       until=lambda rs: set(ids) <= set(ce_ids(rs)))
+            records = await read_topic(
+                events_topic("orders", prefix=topics), until=lambda rs: set(ids) <= set(ce_ids(rs))
+            )
             assert first.lanes and second.lanes, "both replicas should relay a share of the lanes"
             assert not first.lanes & second.lanes
         mine = [r for r in records if r.key.decode() in keys]
@@ -107,8 +115,9 @@ class TestOrderAndRecovery:
 @pytest.fixture(scope="module")
 async def private_broker(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """A broker of this module's own, so that stopping it disturbs no other test."""
-    broker = KafkaBroker(Path(tmp_path_factory.mktemp("broker")), port=free_port(), controller_port=free_port(),
-                         partitions=3)
+    broker = KafkaBroker(
+        Path(tmp_path_factory.mktemp("broker")), port=free_port(), controller_port=free_port(), partitions=3
+    )
     broker.start()
     from devstack.kafka import wait_ready
 
@@ -120,7 +129,8 @@ async def private_broker(tmp_path_factory: pytest.TempPathFactory):  # type: ign
 
 class TestBrokerOutage:
     async def test_broker_stopped_and_restarted_under_the_relay_loses_nothing(
-            self, private_broker: KafkaBroker, make_database: Callable[[str], Awaitable[str]]) -> None:
+        self, private_broker: KafkaBroker, make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
         from devstack.kafka import wait_ready
 
         dsn = await messaging_db(await make_database("outbox_outage"))
@@ -134,8 +144,12 @@ class TestBrokerOutage:
             assert outbox.OLDEST_UNSENT._value.get() > 0  # type: ignore[attr-defined]
             private_broker.start()
             await wait_ready(private_broker.bootstrap, broker=private_broker)
-            records = await read_topic("orders.events", bootstrap=private_broker.bootstrap, timeout=60,
-                                       until=lambda rs: set(before + during) <= set(ce_ids(rs)))
+            records = await read_topic(
+                "orders.events",
+                bootstrap=private_broker.bootstrap,
+                timeout=60,
+                until=lambda rs: set(before + during) <= set(ce_ids(rs)),
+            )
         assert set(before + during) <= set(ce_ids(records))
         seqs = by_key(records)
         assert {k: seqs[k] for k in keys} == {k: list(range(20)) for k in keys}

@@ -13,5 +13,7 @@ class Settings(ServiceSettings):
 
     service_name: str = "billing"
     port: int = 8003
-    database_url: str = Field("postgresql://postgres@127.0.0.1:55432/billing",
-                              validation_alias=AliasChoices("BILLING_DATABASE_URL", "DATABASE_URL"))
+    database_url: str = Field(
+        "postgresql://postgres@127.0.0.1:55432/billing",
+        validation_alias=AliasChoices("BILLING_DATABASE_URL", "DATABASE_URL"),
+    )

@@ -13,5 +13,7 @@ class Settings(ServiceSettings):
 
     service_name: str = "ledger"
     port: int = 8004
-    database_url: str = Field("postgresql://postgres@127.0.0.1:55432/ledger",
-                              validation_alias=AliasChoices("LEDGER_DATABASE_URL", "DATABASE_URL"))
+    database_url: str = Field(
+        "postgresql://postgres@127.0.0.1:55432/ledger",
+        validation_alias=AliasChoices("LEDGER_DATABASE_URL", "DATABASE_URL"),
+    )

@@ -12,9 +12,11 @@ from orders.settings import Settings
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    return create_service_app(ServiceSpec(
-        settings=settings,
-        routers=[],
-        migrations=Path(__file__).parent / "migrations",
-        title="orders",
-    ))
+    return create_service_app(
+        ServiceSpec(
+            settings=settings,
+            routers=[],
+            migrations=Path(__file__).parent / "migrations",
+            title="orders",
+        )
+    )

@@ -13,5 +13,7 @@ class Settings(ServiceSettings):
 
     service_name: str = "orders"
     port: int = 8001
-    database_url: str = Field("postgresql://postgres@127.0.0.1:55432/orders",
-                              validation_alias=AliasChoices("ORDERS_DATABASE_URL", "DATABASE_URL"))
+    database_url: str = Field(
+        "postgresql://postgres@127.0.0.1:55432/orders",
+        validation_alias=AliasChoices("ORDERS_DATABASE_URL", "DATABASE_URL"),
+    )

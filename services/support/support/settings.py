@@ -13,5 +13,7 @@ class Settings(ServiceSettings):
 
     service_name: str = "support"
     port: int = 8002
-    database_url: str = Field("postgresql://postgres@127.0.0.1:55432/support",
-                              validation_alias=AliasChoices("SUPPORT_DATABASE_URL", "DATABASE_URL"))
+    database_url: str = Field(
+        "postgresql://postgres@127.0.0.1:55432/support",
+        validation_alias=AliasChoices("SUPPORT_DATABASE_URL", "DATABASE_URL"),
+    )

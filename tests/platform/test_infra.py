@@ -1,0 +1,148 @@
+"""The parts are real: the Kafka broker and PostgreSQL started by the stack, and each service on them."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from backoffice.envelope import header_map
+from backoffice.topics import ensure_topics
+from devstack.kafka import KafkaBroker, wait_ready
+from devstack.postgres import PostgresServer
+from tests.conftest import BOOTSTRAP, create_topics, eventually, free_port, produce, read_topic, running
+
+SERVICES = ("orders", "billing", "support", "ledger")
+
+
+def _app(service: str, **overrides: object):  # type: ignore[no-untyped-def]
+    module = importlib.import_module(f"{service}.app")
+    settings_cls = importlib.import_module(f"{service}.settings").Settings
+    return module.create_app(settings_cls(**overrides))
+
+
+class TestBroker:
+    async def test_a_record_produced_is_consumed_back_with_its_headers(self, topics: str) -> None:
+        topic = f"{topics}platform-roundtrip"
+        await create_topics(topic)
+        marker = str(uuid.uuid4()).encode()
+        await produce(topic, [(b"key-1", marker, [("ce_id", marker), ("x-custom", b"\x00\x01")])])
+        records = await read_topic(topic, until=lambda rs: any(r.value == marker for r in rs))
+        record = next(r for r in records if r.value == marker)
+        assert record.key == b"key-1"
+        assert dict(record.headers) == {"ce_id": marker, "x-custom": b"\x00\x01"}
+
+    async def test_topics_are_created_with_the_set_partition_count(self, topics: str) -> None:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+        await admin.start()
+        try:
+            assert f"{topics}billing.dlq" in await admin.list_topics()
+            described = await admin.describe_topics([f"{topics}orders.events"])
+            assert len(described[0]["partitions"]) == 3
+        finally:
+            await admin.close()
+
+
+class TestServices:
+    @pytest.mark.parametrize("service", SERVICES)
+    async def test_each_service_migrates_its_own_database_and_is_ready(
+        self, service: str, topics: str, make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
+        dsn = await make_database(f"platform_{service}")
+        app = _app(service, database_url=dsn, kafka_bootstrap_servers=BOOTSTRAP, topic_prefix=topics)
+        async with running(app) as client:
+            assert (await client.get("/livez")).status_code == 200
+            await eventually(lambda: _ready(client))
+        conn = await asyncpg.connect(dsn)
+        try:
+            names = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+            assert f"{service}/0001_init.sql" in names and "shared/0001_messaging.sql" in names
+            marker = str(uuid.uuid4())
+            await conn.execute("INSERT INTO inbox (consumer, event_id, event_type) VALUES ('rt', $1, 't')", marker)
+            assert str(await conn.fetchval("SELECT event_id FROM inbox WHERE consumer = 'rt'")) == marker
+        finally:
+            await conn.close()
+
+
+async def _ready(client) -> bool:  # type: ignore[no-untyped-def]
+    return bool((await client.get("/readyz")).status_code == 200)
+
+
+async def _unready(client) -> bool:  # type: ignore[no-untyped-def]
+    return bool((await client.get("/readyz")).status_code == 503)
+
+
+@pytest.fixture
+async def own_broker(tmp_path: Path) -> AsyncIterator[KafkaBroker]:
+    broker = KafkaBroker(tmp_path, port=free_port(), controller_port=free_port(), partitions=1)
+    broker.start()
+    await wait_ready(broker.bootstrap, broker=broker)
+    await ensure_topics(broker.bootstrap, partitions=1)
+    yield broker
+    broker.stop()
+
+
+class TestReadiness:
+    async def test_readyz_turns_503_when_the_broker_stops_and_200_when_it_is_back(
+        self, own_broker: KafkaBroker, make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
+        app = _app(
+            "orders", database_url=await make_database("ready_kafka"), kafka_bootstrap_servers=own_broker.bootstrap
+        )
+        async with running(app) as client:
+            await eventually(lambda: _ready(client))
+            own_broker.stop()
+            await eventually(lambda: _unready(client), timeout=30)
+            body = (await client.get("/readyz")).json()
+            assert body["checks"]["database"] == "ok"
+            assert body["checks"]["kafka"] != "ok"
+            own_broker.start()
+            await eventually(lambda: _ready(client), timeout=60)
+
+    async def test_readyz_turns_503_when_the_database_stops(self, tmp_path: Path) -> None:
+        server = PostgresServer(tmp_path, port=free_port(), fast_durability=True)
+        server.start()
+        try:
+            dsn = f"postgresql://postgres@127.0.0.1:{server.port}/postgres"
+            app = _app("billing", database_url=dsn, kafka_bootstrap_servers=BOOTSTRAP)
+            async with running(app) as client:
+                await eventually(lambda: _ready(client))
+                server.stop()
+                await eventually(lambda: _unready(client), timeout=20)
+                assert (await client.get("/readyz")).json()["checks"]["database"] != "ok"
+                server.start()
+                await eventually(lambda: _ready(client), timeout=30)
+        finally:
+            server.stop()
+
+
+class TestEnvelopeOnTheWire:
+    async def test_an_event_appended_by_a_service_reaches_its_topic(
+        self, topics: str, make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
+        from datetime import UTC, datetime
+
+        from backoffice import outbox
+        from backoffice.events import OrderConfirmed
+
+        dsn = await make_database("platform_wire")
+        app = _app("orders", database_url=dsn, kafka_bootstrap_servers=BOOTSTRAP, topic_prefix=topics)
+        async with running(app):
+            async with app.state.pool.acquire() as conn, conn.transaction():
+                env = await outbox.append(
+                    conn,
+                    OrderConfirmed(order_id="wire-1", customer_id="c", confirmed_at=datetime.now(UTC)),
+                    topic_prefix=topics,
+                )
+            records = await read_topic(
+                f"{topics}orders.events", until=lambda rs: any(header_map(r.headers).get("ce_id") == env.id for r in rs)
+            )
+        assert any(header_map(r.headers).get("ce_id") == env.id for r in records)
+        await asyncio.sleep(0)

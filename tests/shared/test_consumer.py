@@ -1,0 +1,208 @@
+"""The idempotent consumer on the real broker: once per event, poison to the DLQ, transient failures retried."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from backoffice.consumer import Consumer
+from backoffice.db import create_pool
+from backoffice.envelope import Envelope, encode, header_map
+from backoffice.errors import NotFound
+from backoffice.events import OrderConfirmed
+from backoffice.settings import ServiceSettings
+from devstack.postgres import PostgresServer
+from tests.conftest import BOOTSTRAP, create_topics, eventually, free_port, produce, read_topic
+from tests.shared.helpers import messaging_db
+
+EFFECTS = "CREATE TABLE IF NOT EXISTS effects (event_id uuid NOT NULL, key text NOT NULL, n int NOT NULL)"
+
+
+async def record_effect(conn: asyncpg.Connection, envelope: Envelope) -> None:
+    event = envelope.event
+    assert isinstance(event, OrderConfirmed)
+    if event.order_id.startswith("missing"):
+        raise NotFound(f"order {event.order_id} is unknown here")
+    await conn.execute(
+        "INSERT INTO effects (event_id, key, n) VALUES ($1, $2, $3)",
+        envelope.id,
+        event.order_id,
+        int(event.customer_id),
+    )
+
+
+def good(key: str, n: int) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    return encode(Envelope(event=OrderConfirmed(order_id=key, customer_id=str(n), confirmed_at=datetime.now(UTC))))
+
+
+async def _db(dsn: str) -> str:
+    await messaging_db(dsn)
+    conn = await asyncpg.connect(dsn)
+    await conn.execute(EFFECTS)
+    await conn.close()
+    return dsn
+
+
+@contextlib.asynccontextmanager
+async def consuming(
+    dsn: str, *, group: str, topic: str, bootstrap: str = BOOTSTRAP, batch_size: int = 100
+) -> AsyncIterator[Consumer]:
+    pool = await create_pool(ServiceSettings(database_url=dsn, db_pool_min=1, db_pool_max=4))
+    consumer = Consumer(
+        group=group,
+        topics=[topic],
+        pool=pool,
+        bootstrap=bootstrap,
+        batch_size=batch_size,
+        handlers={OrderConfirmed: record_effect},
+    )
+    task = asyncio.create_task(consumer.run())
+    try:
+        yield consumer
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await consumer.stop()
+        await pool.close()
+
+
+async def count(dsn: str, sql: str = "SELECT count(*) FROM effects") -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval(sql))
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def channel(topics: str) -> tuple[str, str]:
+    """A topic and a consumer group of this test's own, with the group's dead-letter topic."""
+    name = uuid.uuid4().hex[:8]
+    topic, group = f"{topics}c-{name}.events", f"{topics}grp-{name}"
+    await create_topics(topic, f"{group}.dlq")
+    return topic, group
+
+
+class TestAtMostOnce:
+    async def test_a_record_delivered_twice_is_applied_once(
+        self, channel: tuple[str, str], make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
+        topic, group = channel
+        dsn = await _db(await make_database("consumer_twice"))
+        record = good("twice", 1)
+        await produce(topic, [record, good("other", 2), record])
+        async with consuming(dsn, group=group, topic=topic):
+            await eventually(lambda: _inbox_at_least(dsn, 2))
+            await asyncio.sleep(1)
+        assert await count(dsn, "SELECT count(*) FROM effects WHERE key = 'twice'") == 1
+        assert await count(dsn) == 2
+
+    async def test_batches_of_many_records_are_all_applied_once(
+        self, channel: tuple[str, str], make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
+        topic, group = channel
+        dsn = await _db(await make_database("consumer_batch"))
+        await produce(topic, [good(f"k{i % 13}", i) for i in range(1000)])
+        async with consuming(dsn, group=group, topic=topic, batch_size=250):
+            await eventually(lambda: _effects_at_least(dsn, 1000), timeout=60)
+        assert await count(dsn) == 1000
+        assert await count(dsn, "SELECT count(DISTINCT n) FROM effects") == 1000
+
+    async def test_replacing_a_consumer_mid_stream_neither_loses_nor_doubles(
+        self, channel: tuple[str, str], make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
+        topic, group = channel
+        dsn = await _db(await make_database("consumer_rebalance"))
+        await produce(topic, [good(f"r{i % 7}", i) for i in range(1500)])
+        async with consuming(dsn, group=group, topic=topic, batch_size=50):
+            await eventually(lambda: _effects_at_least(dsn, 100), timeout=60)
+            async with consuming(dsn, group=group, topic=topic, batch_size=50):
+                await eventually(lambda: _effects_at_least(dsn, 700), timeout=60)
+            await eventually(lambda: _effects_at_least(dsn, 1500), timeout=90)
+        assert await count(dsn) == 1500
+        assert await count(dsn, "SELECT count(DISTINCT event_id) FROM effects") == 1500
+
+
+class TestPoison:
+    async def test_poison_goes_to_the_dlq_with_headers_and_good_records_are_applied(
+        self, channel: tuple[str, str], make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
+        topic, group = channel
+        dsn = await _db(await make_database("consumer_poison"))
+        headers_ok = good("x", 0)[2]
+        unknown = [(k, b"backoffice.orders.NoSuchThing.v1" if k == "ce_type" else v) for k, v in headers_ok]
+        fresh = [(k, str(uuid.uuid4()).encode() if k == "ce_id" else v) for k, v in headers_ok]
+        poison = [
+            (b"p1", b"{not json", fresh),
+            (b"p2", b"{}", unknown),
+            (
+                b"p3",
+                b'{"order_id": "p3"}',
+                [(k, str(uuid.uuid4()).encode() if k == "ce_id" else v) for k, v in headers_ok],
+            ),
+            good("missing-order", 99),
+        ]
+        batch = [good("g1", 1), poison[0], good("g2", 2), poison[1], poison[2], good("g3", 3), poison[3], good("g4", 4)]
+        await produce(topic, batch)
+        async with consuming(dsn, group=group, topic=topic):
+            dead = await read_topic(f"{group}.dlq", until=lambda rs: len(rs) >= 4)
+            await eventually(lambda: _effects_at_least(dsn, 4))
+        assert await count(dsn) == 4
+        assert len(dead) == 4
+        for record in dead:
+            h = header_map(record.headers)
+            assert h["dlq_topic"] == topic
+            assert int(h["dlq_partition"]) >= 0 and int(h["dlq_offset"]) >= 0
+            assert h["dlq_reason"]
+            assert "ce_type" in h
+        reasons = " ".join(header_map(r.headers)["dlq_reason"] for r in dead)
+        assert "not JSON" in reasons and "unknown event type" in reasons and "schema" in reasons
+        assert "rejected: NotFound" in reasons
+
+
+@pytest.fixture
+async def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[PostgresServer]:
+    server = PostgresServer(Path(tmp_path_factory.mktemp("pg")), port=free_port(), fast_durability=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+class TestTransientFailures:
+    async def test_database_stopped_under_the_consumer_is_retried_not_dead_lettered(
+        self, channel: tuple[str, str], private_postgres: PostgresServer
+    ) -> None:
+        topic, group = channel
+        dsn = await _db(f"postgresql://postgres@127.0.0.1:{private_postgres.port}/postgres")
+        await produce(topic, [good("before", i) for i in range(5)])
+        async with consuming(dsn, group=group, topic=topic):
+            await eventually(lambda: _effects_at_least(dsn, 5))
+            private_postgres.stop()
+            await produce(topic, [good("during", i) for i in range(5, 25)])
+            await asyncio.sleep(4)
+            private_postgres.start()
+            await eventually(lambda: _effects_at_least(dsn, 25), timeout=60)
+            await asyncio.sleep(1)
+        assert await count(dsn) == 25
+        assert await count(dsn, "SELECT count(DISTINCT event_id) FROM effects") == 25
+        dead = await read_topic(f"{group}.dlq", until=lambda rs: False, timeout=3)
+        assert dead == []
+
+
+async def _inbox_at_least(dsn: str, n: int) -> bool:
+    return await count(dsn, "SELECT count(*) FROM inbox") >= n
+
+
+async def _effects_at_least(dsn: str, n: int) -> bool:
+    try:
+        return await count(dsn) >= n
+    except (OSError, asyncpg.PostgresError):
+        return False
