@@ -71,6 +71,7 @@ class PostedLine(BaseModel):
     account: str
     debit_minor: NonNegMinor = 0
     credit_minor: NonNegMinor = 0
+    party: str | None = None  # the customer or vendor id on receivable, credit and payable lines
 
 
 # --- orders.events -----------------------------------------------------------------------------

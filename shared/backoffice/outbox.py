@@ -38,14 +38,14 @@ def lane_of(key: str) -> int:
     return zlib.crc32(key.encode()) % LANES
 
 
-async def append(conn: Conn, event: Event | Envelope, *, topic_prefix: str = "") -> Envelope:
+async def append(conn: Conn, event: Event | Envelope) -> Envelope:
     """Write one event to the outbox inside the caller's transaction."""
     envelope = event if isinstance(event, Envelope) else Envelope.wrap(event)
-    await append_many(conn, [envelope], topic_prefix=topic_prefix)
+    await append_many(conn, [envelope])
     return envelope
 
 
-async def append_many(conn: Conn, events: Sequence[Event | Envelope], *, topic_prefix: str = "") -> list[Envelope]:
+async def append_many(conn: Conn, events: Sequence[Event | Envelope]) -> list[Envelope]:
     """Write several events in one round trip, in order, inside the caller's transaction."""
     envelopes = [e if isinstance(e, Envelope) else Envelope.wrap(e) for e in events]
     if not envelopes:
@@ -57,7 +57,7 @@ async def append_many(conn: Conn, events: Sequence[Event | Envelope], *, topic_p
             (
                 env.id,
                 lane_of(env.subject),
-                env.topic(prefix=topic_prefix),
+                env.topic(),
                 env.subject,
                 orjson.dumps([[k, v.decode()] for k, v in headers]).decode(),
                 value,
@@ -86,7 +86,10 @@ def new_producer(bootstrap: str) -> AIOKafkaProducer:
 class Relay:
     """Publishes unsent outbox rows; wakes on NOTIFY, polls as a fallback, backs off while Kafka is down."""
 
-    def __init__(self, *, dsn: str, bootstrap: str, batch_size: int = 500, poll_interval: float = 1.0) -> None:
+    def __init__(
+        self, *, dsn: str, bootstrap: str, topic_prefix: str = "", batch_size: int = 500, poll_interval: float = 1.0
+    ) -> None:
+        self.topic_prefix = topic_prefix
         self.dsn = dsn
         self.bootstrap = bootstrap
         self.batch_size = batch_size
@@ -227,7 +230,9 @@ class Relay:
         for row in rows:
             headers = [(k, v.encode()) for k, v in orjson.loads(row["headers"])]
             futures.append(
-                await self.producer.send(row["topic"], value=row["payload"], key=row["key"].encode(), headers=headers)
+                await self.producer.send(
+                    self.topic_prefix + row["topic"], value=row["payload"], key=row["key"].encode(), headers=headers
+                )
             )
         await asyncio.wait_for(asyncio.gather(*futures), 30)
         await self._conn.execute(

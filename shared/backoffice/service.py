@@ -97,6 +97,7 @@ def _lifespan(spec: ServiceSpec) -> Callable[[FastAPI], Any]:
         relay = outbox.Relay(
             dsn=settings.database_url,
             bootstrap=settings.kafka_bootstrap_servers,
+            topic_prefix=settings.topic_prefix,
             batch_size=settings.outbox_batch_size,
             poll_interval=settings.outbox_poll_interval_s,
         )

@@ -11,7 +11,7 @@ DEV_JWT_SECRET = "dev-only-secret-change-me-in-production-0123456789"
 class ServiceSettings(BaseSettings):
     """Settings read from the environment; `KAFKA_*`, `BACKOFFICE_*` and `OTEL_*` names are shared by all services."""
 
-    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
     service_name: str = "service"
     host: str = "127.0.0.1"

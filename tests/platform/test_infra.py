@@ -139,7 +139,6 @@ class TestEnvelopeOnTheWire:
                 env = await outbox.append(
                     conn,
                     OrderConfirmed(order_id="wire-1", customer_id="c", confirmed_at=datetime.now(UTC)),
-                    topic_prefix=topics,
                 )
             records = await read_topic(
                 f"{topics}orders.events", until=lambda rs: any(header_map(r.headers).get("ce_id") == env.id for r in rs)

@@ -24,13 +24,13 @@ def numbered(key: str, n: int) -> OrderConfirmed:
     return OrderConfirmed(order_id=key, customer_id=str(n), confirmed_at=datetime.now(UTC))
 
 
-async def append_numbered(dsn: str, *, keys: list[str], per_key: int, prefix: str, start: int = 0) -> list[str]:
+async def append_numbered(dsn: str, *, keys: list[str], per_key: int, start: int = 0) -> list[str]:
     conn = await asyncpg.connect(dsn)
     ids = []
     try:
         for n in range(start, start + per_key):
             async with conn.transaction():
-                envs = await outbox.append_many(conn, [numbered(k, n) for k in keys], topic_prefix=prefix)
+                envs = await outbox.append_many(conn, [numbered(k, n) for k in keys])
                 ids += [e.id for e in envs]
     finally:
         await conn.close()

@@ -27,8 +27,8 @@ async def _sent(dsn: str) -> int:
 
 
 @contextlib.asynccontextmanager
-async def relaying(dsn: str, bootstrap: str = BOOTSTRAP, batch_size: int = 500):  # type: ignore[no-untyped-def]
-    relay = outbox.Relay(dsn=dsn, bootstrap=bootstrap, batch_size=batch_size, poll_interval=0.2)
+async def relaying(dsn: str, bootstrap: str = BOOTSTRAP, batch_size: int = 500, prefix: str = ""):  # type: ignore[no-untyped-def]
+    relay = outbox.Relay(dsn=dsn, bootstrap=bootstrap, topic_prefix=prefix, batch_size=batch_size, poll_interval=0.2)
     task = asyncio.create_task(relay.run())
     try:
         yield relay
@@ -47,12 +47,12 @@ class TestPublishedIffCommitted:
         conn = await asyncpg.connect(dsn)
         tx = conn.transaction()
         await tx.start()
-        rolled_back = await outbox.append(conn, numbered("iff-rolled-back", 0), topic_prefix=topics)
+        rolled_back = await outbox.append(conn, numbered("iff-rolled-back", 0))
         await tx.rollback()
         async with conn.transaction():
-            committed = await outbox.append(conn, numbered("iff-committed", 0), topic_prefix=topics)
+            committed = await outbox.append(conn, numbered("iff-committed", 0))
         await conn.close()
-        async with relaying(dsn):
+        async with relaying(dsn, prefix=topics):
             records = await read_topic(
                 events_topic("orders", prefix=topics), until=lambda rs: committed.id in ce_ids(rs)
             )
@@ -68,8 +68,8 @@ class TestOrderAndRecovery:
     ) -> None:
         dsn = await messaging_db(await make_database("outbox_order"))
         keys = [f"order-key-{i}" for i in range(7)]
-        ids = await append_numbered(dsn, keys=keys, per_key=40, prefix=topics)
-        async with relaying(dsn, batch_size=50):
+        ids = await append_numbered(dsn, keys=keys, per_key=40)
+        async with relaying(dsn, prefix=topics, batch_size=50):
             records = await read_topic(
                 events_topic("orders", prefix=topics), until=lambda rs: set(ids) <= set(ce_ids(rs))
             )
@@ -81,13 +81,13 @@ class TestOrderAndRecovery:
     ) -> None:
         dsn = await messaging_db(await make_database("outbox_kill"))
         keys = [f"kill-key-{i}" for i in range(5)]
-        ids = await append_numbered(dsn, keys=keys, per_key=100, prefix=topics)
-        async with relaying(dsn, batch_size=25):
+        ids = await append_numbered(dsn, keys=keys, per_key=100)
+        async with relaying(dsn, prefix=topics, batch_size=25):
             async with asyncio.timeout(30):
                 while await _sent(dsn) < 50:
                     await asyncio.sleep(0.01)
         assert await _sent(dsn) < len(ids), "the relay should have been stopped part-way"
-        async with relaying(dsn, batch_size=25):
+        async with relaying(dsn, prefix=topics, batch_size=25):
             records = await read_topic(
                 events_topic("orders", prefix=topics), until=lambda rs: set(ids) <= set(ce_ids(rs))
             )
@@ -99,8 +99,11 @@ class TestOrderAndRecovery:
     ) -> None:
         dsn = await messaging_db(await make_database("outbox_two"))
         keys = [f"two-key-{i}" for i in range(16)]
-        async with relaying(dsn, batch_size=20) as first, relaying(dsn, batch_size=20) as second:
-            ids = await append_numbered(dsn, keys=keys, per_key=30, prefix=topics)
+        async with (
+            relaying(dsn, prefix=topics, batch_size=20) as first,
+            relaying(dsn, prefix=topics, batch_size=20) as second,
+        ):
+            ids = await append_numbered(dsn, keys=keys, per_key=30)
             records = await read_topic(
                 events_topic("orders", prefix=topics), until=lambda rs: set(ids) <= set(ce_ids(rs))
             )
@@ -136,10 +139,10 @@ class TestBrokerOutage:
         dsn = await messaging_db(await make_database("outbox_outage"))
         keys = ["outage-a", "outage-b"]
         async with relaying(dsn, bootstrap=private_broker.bootstrap, batch_size=10):
-            before = await append_numbered(dsn, keys=keys, per_key=10, prefix="")
+            before = await append_numbered(dsn, keys=keys, per_key=10)
             await asyncio.sleep(1)
             private_broker.stop()
-            during = await append_numbered(dsn, keys=keys, per_key=10, prefix="", start=10)
+            during = await append_numbered(dsn, keys=keys, per_key=10, start=10)
             await asyncio.sleep(2)
             assert outbox.OLDEST_UNSENT._value.get() > 0  # type: ignore[attr-defined]
             private_broker.start()
