@@ -42,6 +42,45 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bootstrap() -> tuple[str, str]:
+    return os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"), os.environ.get("BACKOFFICE_TOPIC_PREFIX", "")
+
+
+def _dlq(args: argparse.Namespace) -> int:
+    from backoffice import ops
+
+    bootstrap, prefix = _bootstrap()
+    group = args.group if args.group.startswith(prefix) else prefix + args.group
+    if args.action == "list":
+        letters = asyncio.run(ops.read_dead_letters(bootstrap, group))
+        for d in letters:
+            i = d.info
+            print(
+                f"{d.partition}:{d.offset}  {i.get('ce_type', '?')}  ce_id={i.get('ce_id', '?')}  "
+                f"from {i.get('dlq_topic')}[{i.get('dlq_partition')}]@{i.get('dlq_offset')}  {i.get('dlq_reason')}"
+            )
+        print(f"{len(letters)} dead letter(s) on {group}.dlq")
+        return 0
+    replayed = asyncio.run(ops.replay_dead_letters(bootstrap, group, ids=set(args.id or ())))
+    print(f"replayed {len(replayed)} dead letter(s) to their original topics (same ce_id: applied at most once)")
+    return 0
+
+
+def _lag(args: argparse.Namespace) -> int:
+    from backoffice import ops
+    from backoffice.topics import SERVICES
+
+    bootstrap, prefix = _bootstrap()
+    for row in asyncio.run(ops.group_lag(bootstrap, prefix=prefix)):
+        print(f"group {row.group:<12} lag {row.lag:>8}  ({row.partitions} partitions)")
+    for service in SERVICES:
+        dsn = os.environ.get(f"{service.upper()}_DATABASE_URL")
+        if dsn:
+            b = asyncio.run(ops.outbox_backlog(service, dsn))
+            print(f"outbox {service:<11} unsent {b.unsent:>7}  oldest {b.oldest_unsent_s:.1f}s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="backoffice", description="Back-office platform operations.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -57,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="apply a service's migrations (<SERVICE>_DATABASE_URL)")
     migrate.add_argument("service", choices=["orders", "billing", "support", "ledger"])
     migrate.set_defaults(func=_migrate)
+    dlq = sub.add_parser("dlq", help="inspect or replay a consumer group's dead letters")
+    dlq.add_argument("action", choices=["list", "replay"])
+    dlq.add_argument("group", help="the consumer group: orders, billing, support or ledger")
+    dlq.add_argument("--id", action="append", help="replay only this ce_id (repeatable)")
+    dlq.set_defaults(func=_dlq)
+    lag = sub.add_parser("lag", help="each consumer group's lag and each outbox's oldest unsent age")
+    lag.set_defaults(func=_lag)
     return parser
 
 

@@ -48,6 +48,7 @@ class ServiceSpec:
 
 def create_service_app(spec: ServiceSpec) -> FastAPI:
     settings = spec.settings
+    logs.configure(service=settings.service_name, level=settings.log_level)
     app = FastAPI(
         title=spec.title,
         description=spec.description,
@@ -86,7 +87,6 @@ def _lifespan(spec: ServiceSpec) -> Callable[[FastAPI], Any]:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        logs.configure(service=settings.service_name, level=settings.log_level)
         pool = await _connect_pool(settings)
         app.state.pool = pool
         if settings.auto_migrate:
