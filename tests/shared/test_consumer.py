@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -206,3 +207,54 @@ async def _effects_at_least(dsn: str, n: int) -> bool:
         return await count(dsn) >= n
     except (OSError, asyncpg.PostgresError):
         return False
+
+
+class TestCorrelationContinues:
+    async def test_an_event_caused_by_a_handler_carries_the_cause_correlation(
+        self, channel: tuple[str, str], make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
+        from backoffice import outbox
+        from backoffice.db import Conn
+
+        topic, group = channel
+        dsn = await _db(await make_database("consumer_correlation"))
+
+        async def cause_another(conn: Conn, envelope: Envelope) -> None:
+            assert isinstance(envelope.event, OrderConfirmed)
+            await outbox.append(
+                conn,
+                OrderConfirmed(
+                    order_id=f"caused-{envelope.event.order_id}", customer_id="c", confirmed_at=datetime.now(UTC)
+                ),
+            )
+
+        trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+        cause = Envelope(
+            event=OrderConfirmed(order_id="cause", customer_id="1", confirmed_at=datetime.now(UTC)),
+            correlation_id="corr-chain",
+            traceparent=f"00-{trace}-00f067aa0ba902b7-01",
+        )
+        await produce(topic, [encode(cause)])
+        pool = await create_pool(ServiceSettings(database_url=dsn, db_pool_min=1, db_pool_max=2))
+        consumer = Consumer(
+            group=group, topics=[topic], pool=pool, bootstrap=BOOTSTRAP, handlers={OrderConfirmed: cause_another}
+        )
+        task = asyncio.create_task(consumer.run())
+        try:
+            await eventually(lambda: _outbox_rows(dsn))
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await consumer.stop()
+            await pool.close()
+        conn = await asyncpg.connect(dsn)
+        headers = dict(json.loads(await conn.fetchval("SELECT headers::text FROM outbox")))
+        await conn.close()
+        assert headers["ce_correlationid"] == "corr-chain"
+        assert headers["traceparent"].split("-")[1] == trace
+        assert headers["ce_subject"] == "caused-cause"
+
+
+async def _outbox_rows(dsn: str) -> bool:
+    return await count(dsn, "SELECT count(*) FROM outbox") >= 1

@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,12 +16,14 @@ import pytest
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from backoffice import idempotency
+from backoffice import idempotency, outbox
 from backoffice.auth import Principal, require
+from backoffice.envelope import header_map
+from backoffice.events import OrderConfirmed
 from backoffice.pagination import Cursor, Limit, Page, decode_cursor, page
 from backoffice.service import ServiceSpec, create_service_app
 from backoffice.settings import DEV_JWT_SECRET, ServiceSettings
-from tests.conftest import BOOTSTRAP, auth, running, token
+from tests.conftest import BOOTSTRAP, auth, read_topic, running, token
 
 
 class WidgetIn(BaseModel):
@@ -55,6 +58,28 @@ def _router() -> APIRouter:
             operation=op,
             required=request.query_params.get("strict") == "1",
         )
+
+    @router.post("/slow-widgets", status_code=201)
+    async def create_slowly(
+        request: Request, principal: Annotated[Principal, Depends(require("widgets:write"))]
+    ) -> Any:
+        async def op(conn: Any) -> tuple[int, Any]:
+            await asyncio.sleep(1.5)
+            return 201, {"ok": True}
+
+        return await idempotency.run(
+            request, pool=request.app.state.pool, principal=principal, operation=op, wait_s=0.3
+        )
+
+    @router.post("/confirmations", status_code=201)
+    async def confirm(request: Request, principal: Annotated[Principal, Depends(require("widgets:write"))]) -> Any:
+        async def op(conn: Any) -> tuple[int, Any]:
+            envelope = await outbox.append(
+                conn, OrderConfirmed(order_id=f"corr-{uuid.uuid4()}", customer_id="c", confirmed_at=datetime.now(UTC))
+            )
+            return 201, {"event_id": envelope.id}
+
+        return await idempotency.run(request, pool=request.app.state.pool, principal=principal, operation=op)
 
     @router.get("/widgets")
     async def list_widgets(
@@ -289,3 +314,38 @@ class TestPlumbing:
         metrics = await client.get("/metrics")
         assert "http_requests_total" in metrics.text
         assert "outbox_oldest_unsent_age_seconds" in metrics.text
+
+
+class TestInFlight:
+    async def test_a_duplicate_while_the_first_is_still_running_gets_409(self, client: httpx.AsyncClient) -> None:
+        headers = {**WRITE, "Idempotency-Key": str(uuid.uuid4())}
+        first = asyncio.create_task(client.post("/slow-widgets", headers=headers))
+        await asyncio.sleep(0.4)
+        second = await client.post("/slow-widgets", headers=headers)
+        _problem(second, 409)
+        assert (await first).status_code == 201
+        third = await client.post("/slow-widgets", headers=headers)
+        assert third.status_code == 201
+        assert third.headers["idempotent-replayed"] == "true"
+
+
+class TestCorrelation:
+    async def test_the_request_correlation_and_trace_reach_the_event(
+        self, client: httpx.AsyncClient, topics: str
+    ) -> None:
+        trace = "0af7651916cd43dd8448eb211c80319c"
+        response = await client.post(
+            "/confirmations",
+            headers={
+                **WRITE,
+                "X-Correlation-ID": "corr-from-request",
+                "traceparent": f"00-{trace}-b7ad6b7169203331-01",
+            },
+        )
+        event_id = response.json()["event_id"]
+        records = await read_topic(
+            f"{topics}orders.events", until=lambda rs: any(header_map(r.headers)["ce_id"] == event_id for r in rs)
+        )
+        h = header_map(next(r for r in records if header_map(r.headers)["ce_id"] == event_id).headers)
+        assert h["ce_correlationid"] == "corr-from-request"
+        assert h["traceparent"].split("-")[1] == trace
