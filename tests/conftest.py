@@ -43,14 +43,16 @@ def namespace() -> str:
     return f"t{secrets.token_hex(4)}"
 
 
-@pytest.fixture(scope="session")
-def topic_prefix(namespace: str) -> str:
-    return f"{namespace}."
+@pytest.fixture(scope="package")
+def topic_prefix(namespace: str, request: pytest.FixtureRequest) -> str:
+    """Each test folder gets its own topics and consumer groups, so one folder's events never reach another's."""
+    package = request.node.name.rsplit("/", 1)[-1].replace(".", "-") or "root"
+    return f"{namespace}.{package}."
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def topics(topic_prefix: str) -> AsyncIterator[str]:
-    """The session's topics exist; yields the prefix."""
+    """The folder's topics exist; yields their prefix."""
     await ensure_topics(BOOTSTRAP, prefix=topic_prefix, partitions=3)
     yield topic_prefix
     await delete_topics(BOOTSTRAP, prefix=topic_prefix)
