@@ -1,0 +1,83 @@
+"""Event consumers: every customer event feeds the timeline; returns and serious overdues open or update a ticket."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+
+from backoffice import events, outbox
+from backoffice.consumer import Handler
+from backoffice.db import Conn
+from backoffice.envelope import Envelope
+from support import domain, store, timeline
+from support.settings import SlaTarget
+
+SYSTEM_AUTHOR = "support-bot"
+
+TIMELINE_EVENTS: tuple[type[events.Event], ...] = (
+    events.OrderPlaced,
+    events.OrderConfirmed,
+    events.OrderShipped,
+    events.OrderCancelled,
+    events.InvoiceIssued,
+    events.PaymentReceived,
+    events.CreditApplied,
+    events.InvoicePaid,
+    events.CreditNoteIssued,
+    events.TicketOpened,
+    events.TicketStatusChanged,
+    events.TicketResolved,
+    events.DisputeOpened,
+    events.DisputeResolved,
+)
+TROUBLE_EVENTS: tuple[type[events.Event], ...] = (events.OrderReturned, events.InvoiceOverdue)
+
+
+async def on_event(conn: Conn, envelope: Envelope) -> None:
+    """Learn whose orders and invoices these are, and add the event to its customer's timeline."""
+    await store.remember_refs(conn, refs=timeline.refs_for(envelope.event))
+    item = timeline.item_for(envelope)
+    if item is not None:
+        await store.insert_timeline_item(conn, item=item)
+
+
+async def hear_trouble(conn: Conn, envelope: Envelope, *, policy: Mapping[str, SlaTarget]) -> None:
+    """Open a ticket for the order or invoice, or add a note to the one still open for it; a signal heard
+    before (same return, same overdue level) changes nothing."""
+    trouble = domain.trouble_from(envelope.event)
+    if trouble is None:
+        return
+    await store.lock_link(conn, link=trouble.link, link_id=trouble.link_id)
+    if await store.signal_seen(conn, ref=trouble.ref):
+        return
+    at = events.now()
+    ticket = await store.find_unresolved_for(conn, link=trouble.link, link_id=trouble.link_id)
+    if ticket is None:
+        opened = domain.open_ticket(trouble.draft, ticket_id=str(uuid.uuid4()), policy=policy, at=at)
+        ticket = opened.ticket
+        await store.insert_ticket(conn, ticket=ticket)
+        await outbox.append_many(conn, opened.events)
+    message, outcome = domain.add_message(
+        ticket,
+        author=SYSTEM_AUTHOR,
+        kind="system",
+        visibility="internal",
+        body=trouble.note,
+        message_id=str(uuid.uuid4()),
+        at=at,
+    )
+    await store.insert_message(conn, message=message)
+    await store.save_ticket(conn, ticket=outcome.ticket)
+    await store.record_signal(conn, ref=trouble.ref, ticket_id=ticket.id, event_id=envelope.id)
+
+
+def build(policy: Mapping[str, SlaTarget]) -> dict[type[events.Event], Handler]:
+    """The handler of each event the service consumes."""
+
+    async def on_trouble(conn: Conn, envelope: Envelope) -> None:
+        await on_event(conn, envelope)
+        await hear_trouble(conn, envelope, policy=policy)
+
+    handlers: dict[type[events.Event], Handler] = {cls: on_event for cls in TIMELINE_EVENTS}
+    handlers.update({cls: on_trouble for cls in TROUBLE_EVENTS})
+    return handlers
