@@ -51,3 +51,6 @@ clean:
 	-@test -x $(BIN)/devstack && $(BIN)/devstack down --profile dev; true
 	-@test -x $(BIN)/devstack && $(BIN)/devstack down --profile test; true
 	rm -rf .run $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+docs: $(STAMP)
+	$(BIN)/backoffice docs --out docs

@@ -81,6 +81,26 @@ def _lag(args: argparse.Namespace) -> int:
     return 0
 
 
+def _docs(args: argparse.Namespace) -> int:
+    from backoffice import apidocs
+
+    directory = Path(args.out)
+    breaks = apidocs.event_breaks(directory)
+    if breaks:
+        print("breaking event changes (publish a new version instead):\n  " + "\n  ".join(breaks), file=sys.stderr)
+        return 1
+    if args.check:
+        stale = apidocs.stale(directory)
+        if stale:
+            print("docs differ from the code; run `make docs` and commit:\n  " + "\n  ".join(stale), file=sys.stderr)
+            return 1
+        print("docs match the code")
+        return 0
+    written = apidocs.write(directory)
+    print("wrote: " + (", ".join(written) or "nothing, up to date"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="backoffice", description="Back-office platform operations.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.set_defaults(func=_dlq)
     lag = sub.add_parser("lag", help="each consumer group's lag and each outbox's oldest unsent age")
     lag.set_defaults(func=_lag)
+    docs = sub.add_parser("docs", help="write OpenAPI and AsyncAPI documents and event schemas from the code")
+    docs.add_argument("--out", default="docs")
+    docs.add_argument("--check", action="store_true", help="fail when the committed docs differ from the code")
+    docs.set_defaults(func=_docs)
     return parser
 
 
