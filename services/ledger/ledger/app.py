@@ -7,6 +7,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from backoffice.service import ServiceSpec, create_service_app
+from ledger import api, handlers, reports
 from ledger.settings import Settings
 
 
@@ -15,8 +16,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return create_service_app(
         ServiceSpec(
             settings=settings,
-            routers=[],
+            routers=[api.router, reports.router],
             migrations=Path(__file__).parent / "migrations",
             title="ledger",
+            description="Double-entry books fed by billing events: accounts, journal entries, balances and reports.",
+            subscribes_to=("billing",),
+            handlers=handlers.HANDLERS,
         )
     )

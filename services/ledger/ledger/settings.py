@@ -9,7 +9,7 @@ from backoffice.settings import ServiceSettings
 
 
 class Settings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="LEDGER_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="LEDGER_", extra="ignore", frozen=True, populate_by_name=True)
 
     service_name: str = "ledger"
     port: int = 8004
@@ -17,3 +17,7 @@ class Settings(ServiceSettings):
         "postgresql://postgres@127.0.0.1:55432/ledger",
         validation_alias=AliasChoices("LEDGER_DATABASE_URL", "DATABASE_URL"),
     )
+    billing_url: str = "http://127.0.0.1:8003"  # LEDGER_BILLING_URL: where reconciliation asks billing
+    billing_timeout_s: float = Field(3.0, gt=0)
+    billing_attempts: int = Field(3, ge=1, le=10)
+    billing_backoff_s: float = Field(0.2, ge=0)
