@@ -6,7 +6,9 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from backoffice import events
 from backoffice.service import ServiceSpec, create_service_app
+from orders import api, handlers
 from orders.settings import Settings
 
 
@@ -15,8 +17,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return create_service_app(
         ServiceSpec(
             settings=settings,
-            routers=[],
+            routers=[api.router],
             migrations=Path(__file__).parent / "migrations",
             title="orders",
+            description="Catalogue and stock, orders with atomic reservation, backorders, shipments and returns.",
+            subscribes_to=("billing",),
+            handlers={
+                events.InvoiceIssued: handlers.on_invoice_issued,
+                events.InvoicePaid: handlers.on_invoice_paid,
+            },
         )
     )

@@ -1,0 +1,94 @@
+"""Steps the routes share, inside the caller's transaction: lock in the fixed order, decide, save, record.
+
+Lock order, everywhere: products (by SKU), then the order named in the request, then backorders (oldest first).
+Every writer that touches an order first locks all of its products, so two writers never wait on each other in
+opposite directions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+
+import asyncpg
+from fastapi import Request
+from fastapi.responses import Response
+
+from backoffice import events, idempotency, outbox
+from backoffice.auth import Principal
+from backoffice.db import Conn
+from backoffice.errors import NotFound, Unavailable
+from orders import domain, schemas, store
+
+_ATTEMPTS = 3
+
+
+async def run(request: Request, *, principal: Principal, operation: idempotency.Operation) -> Response:
+    """Run a write once per Idempotency-Key; a transaction the database aborted to break a deadlock is retried."""
+    for _ in range(_ATTEMPTS):
+        try:
+            return await idempotency.run(request, pool=request.app.state.pool, principal=principal, operation=operation)
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+            continue
+    raise Unavailable("the database is busy with conflicting changes; try again")
+
+
+async def record(conn: Conn, caused: Sequence[events.Event]) -> None:
+    """Publish the events (outbox) and add them to their orders' history, in the caller's transaction."""
+    envelopes = await outbox.append_many(conn, caused)
+    await store.append_history(conn, envelopes=envelopes)
+
+
+Decision = Callable[[domain.Order, Mapping[str, domain.Product]], domain.Outcome]
+
+
+async def change_order(
+    conn: Conn, *, order_id: str, decide: Decision, now: datetime
+) -> tuple[domain.Outcome, dict[str, domain.Product]]:
+    """Lock the order's products then the order, apply `decide`, save both, record the events.
+
+    Returns the outcome and the locked products as they now stand.
+    """
+    found = await store.order_owner_and_skus(conn, order_id=order_id)
+    if found is None:
+        raise NotFound("order not found")
+    catalogue = await store.lock_products(conn, skus=found[1])
+    order = await store.get_order(conn, order_id=order_id, for_update=True)
+    if order is None:
+        raise NotFound("order not found")
+    outcome = decide(order, catalogue)
+    await store.save_orders(conn, orders=[outcome.order], now=now)
+    await store.save_stock(conn, products=outcome.products, now=now)
+    await record(conn, outcome.events)
+    return outcome, merged(catalogue, outcome.products)
+
+
+async def give_to_backorders(conn: Conn, *, stock: Mapping[str, domain.Product], now: datetime) -> domain.Filled:
+    """Reserve the free stock of these locked products for backorders, oldest first; confirm those filled."""
+    free = {sku: product for sku, product in stock.items() if product.available > 0}
+    if not free:
+        return domain.Filled((), (), ())
+    waiting = await store.lock_backorders(conn, skus=free)
+    filled = domain.fill_backorders(waiting, free, now=now)
+    await store.save_orders(conn, orders=filled.orders, now=now)
+    await store.save_stock(conn, products=filled.products, now=now)
+    await record(conn, filled.events)
+    return filled
+
+
+def merged(catalogue: Mapping[str, domain.Product], changed: Sequence[domain.Product]) -> dict[str, domain.Product]:
+    return {**catalogue, **{p.sku: p for p in changed}}
+
+
+async def order_view(conn: Conn, *, order_id: str) -> schemas.Order | None:
+    """The order with its lines, shipments, returns, billing state and history."""
+    order = await store.get_order(conn, order_id=order_id)
+    if order is None:
+        return None
+    return schemas.Order.of(
+        order,
+        shipments=[schemas.Shipment.model_validate(r) for r in await store.shipments(conn, order_id=order_id)],
+        returns=[schemas.ReturnOut.model_validate(r) for r in await store.returns(conn, order_id=order_id)],
+        invoices=[schemas.Invoice.model_validate(r) for r in await store.invoices(conn, order_id=order_id)],
+        history=[schemas.HistoryItem.model_validate(r) for r in await store.history(conn, order_id=order_id)],
+    )
