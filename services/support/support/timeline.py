@@ -124,11 +124,8 @@ def refs_for(event: events.Event) -> list[tuple[str, str, str]]:
     out = []
     order_id = getattr(event, "order_id", None)
     invoice_id = getattr(event, "invoice_id", None)
-    if isinstance(event, events.Event) and event.service == "orders" and order_id:
+    if event.service in ("orders", "billing") and order_id:
         out.append(("order", str(order_id), str(customer_id)))
-    if isinstance(event, events.Event) and event.service == "billing":
-        if invoice_id:
-            out.append(("invoice", str(invoice_id), str(customer_id)))
-        if order_id:
-            out.append(("order", str(order_id), str(customer_id)))
+    if event.service == "billing" and invoice_id:
+        out.append(("invoice", str(invoice_id), str(customer_id)))
     return out
