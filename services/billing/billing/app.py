@@ -7,6 +7,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from backoffice.service import ServiceSpec, create_service_app
+from billing import api, api_payables, api_reports, handlers, jobs
 from billing.settings import Settings
 
 
@@ -15,8 +16,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return create_service_app(
         ServiceSpec(
             settings=settings,
-            routers=[],
+            routers=[api.router, api_payables.router, api_reports.router],
             migrations=Path(__file__).parent / "migrations",
             title="billing",
+            description="Receivables (invoices, cash application, credit notes, dunning, aging) and payables.",
+            subscribes_to=("orders", "support"),
+            handlers=handlers.build(settings),
+            jobs={"dunning": jobs.dunning_timer},
         )
     )

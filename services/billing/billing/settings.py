@@ -17,3 +17,5 @@ class Settings(ServiceSettings):
         "postgresql://postgres@127.0.0.1:55432/billing",
         validation_alias=AliasChoices("BILLING_DATABASE_URL", "DATABASE_URL"),
     )
+    tax_rate_bps: int = Field(2000, ge=0, le=10000, description="Sales tax in basis points (2000 = 20 %)")
+    default_payment_terms_days: int = Field(30, ge=0, le=365, description="Net days for customers without terms")

@@ -1,0 +1,421 @@
+"""Every SQL statement of receivables: customers, numbering, invoices, payments, credit, credit notes, disputes.
+
+Functions never commit: the route or handler that calls them owns the transaction. Rows that are about to
+change are locked first, always in the same order (customer, then invoices by id, then customer credit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from backoffice import events
+from backoffice.db import Conn
+from billing.domain import CreditNote, Invoice
+
+_INVOICE = (
+    "seq, id, number, customer_id, order_id, shipment_id, currency, lines, tax_rate_bps, subtotal_minor, tax_minor,"
+    " total_minor, paid_minor, credit_applied_minor, credited_minor, status, dunning_level, issued_at, due_at,"
+    " closed_at"
+)
+
+
+def _invoice(row: asyncpg.Record) -> Invoice:
+    return Invoice(
+        id=str(row["id"]),
+        number=row["number"],
+        customer_id=row["customer_id"],
+        order_id=row["order_id"],
+        shipment_id=row["shipment_id"],
+        currency=row["currency"],
+        lines=tuple(events.InvoiceLine(**line) for line in row["lines"]),
+        tax_rate_bps=row["tax_rate_bps"],
+        subtotal_minor=row["subtotal_minor"],
+        tax_minor=row["tax_minor"],
+        total_minor=row["total_minor"],
+        paid_minor=row["paid_minor"],
+        credit_applied_minor=row["credit_applied_minor"],
+        credited_minor=row["credited_minor"],
+        status=row["status"],
+        dunning_level=row["dunning_level"],
+        issued_at=row["issued_at"],
+        due_at=row["due_at"],
+        closed_at=row["closed_at"],
+    )
+
+
+# --- customers and numbering -------------------------------------------------------------------
+
+
+async def lock_customer(conn: Conn, *, customer_id: str) -> int | None:
+    """Lock the customer's row (made if new) so its money moves one at a time; return its terms, if set."""
+    await conn.execute("INSERT INTO customers (customer_id) VALUES ($1) ON CONFLICT DO NOTHING", customer_id)
+    terms: int | None = await conn.fetchval(
+        "SELECT payment_terms_days FROM customers WHERE customer_id = $1 FOR UPDATE", customer_id
+    )
+    return terms
+
+
+async def get_terms(conn: Conn, *, customer_id: str) -> int | None:
+    """The customer's payment terms in days, or None for the default."""
+    terms: int | None = await conn.fetchval(
+        "SELECT payment_terms_days FROM customers WHERE customer_id = $1", customer_id
+    )
+    return terms
+
+
+async def set_terms(conn: Conn, *, customer_id: str, days: int) -> None:
+    """Set the customer's payment terms (for invoices issued from now on)."""
+    await conn.execute(
+        "INSERT INTO customers (customer_id, payment_terms_days) VALUES ($1, $2) ON CONFLICT (customer_id)"
+        " DO UPDATE SET payment_terms_days = EXCLUDED.payment_terms_days, updated_at = now()",
+        customer_id,
+        days,
+    )
+
+
+async def next_number(conn: Conn, *, kind: str, year: int) -> int:
+    """The next number of `kind` in `year`; the counter row stays locked until the caller's transaction ends."""
+    value: int = await conn.fetchval(
+        "INSERT INTO number_sequences (kind, year, last_value) VALUES ($1, $2, 1) ON CONFLICT (kind, year)"
+        " DO UPDATE SET last_value = number_sequences.last_value + 1 RETURNING last_value",
+        kind,
+        year,
+    )
+    return value
+
+
+# --- invoices ----------------------------------------------------------------------------------
+
+
+async def invoice_exists_for_shipment(conn: Conn, *, shipment_id: str) -> bool:
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM invoices WHERE shipment_id = $1)", shipment_id))
+
+
+async def insert_invoice(conn: Conn, *, invoice: Invoice) -> None:
+    await conn.execute(
+        "INSERT INTO invoices (id, number, customer_id, order_id, shipment_id, currency, lines, tax_rate_bps,"
+        " subtotal_minor, tax_minor, total_minor, paid_minor, credit_applied_minor, credited_minor, balance_minor,"
+        " status, dunning_level, issued_at, due_at, closed_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+        invoice.id,
+        invoice.number,
+        invoice.customer_id,
+        invoice.order_id,
+        invoice.shipment_id,
+        invoice.currency,
+        [line.model_dump(mode="json") for line in invoice.lines],
+        invoice.tax_rate_bps,
+        invoice.subtotal_minor,
+        invoice.tax_minor,
+        invoice.total_minor,
+        invoice.paid_minor,
+        invoice.credit_applied_minor,
+        invoice.credited_minor,
+        invoice.balance_minor,
+        invoice.status,
+        invoice.dunning_level,
+        invoice.issued_at,
+        invoice.due_at,
+        invoice.closed_at,
+    )
+
+
+async def update_invoice(conn: Conn, *, invoice: Invoice) -> None:
+    """Write what may change on an issued invoice: the amounts settled, status and dunning level."""
+    await conn.execute(
+        "UPDATE invoices SET paid_minor = $2, credit_applied_minor = $3, credited_minor = $4, balance_minor = $5,"
+        " status = $6, dunning_level = $7, closed_at = $8 WHERE id = $1",
+        invoice.id,
+        invoice.paid_minor,
+        invoice.credit_applied_minor,
+        invoice.credited_minor,
+        invoice.balance_minor,
+        invoice.status,
+        invoice.dunning_level,
+        invoice.closed_at,
+    )
+
+
+async def get_invoice(conn: Conn, *, invoice_id: str) -> Invoice | None:
+    row = await conn.fetchrow(f"SELECT {_INVOICE} FROM invoices WHERE id = $1", invoice_id)
+    return _invoice(row) if row else None
+
+
+async def lock_invoice(conn: Conn, *, invoice_id: str) -> Invoice | None:
+    row = await conn.fetchrow(f"SELECT {_INVOICE} FROM invoices WHERE id = $1 FOR UPDATE", invoice_id)
+    return _invoice(row) if row else None
+
+
+async def lock_invoices(conn: Conn, *, customer_id: str, invoice_ids: Sequence[str]) -> list[Invoice]:
+    """Lock those of the given invoices that exist and are the customer's, in id order."""
+    rows = await conn.fetch(
+        f"SELECT {_INVOICE} FROM invoices WHERE id = ANY($1::uuid[]) AND customer_id = $2 ORDER BY id FOR UPDATE",
+        list(invoice_ids),
+        customer_id,
+    )
+    return [_invoice(r) for r in rows]
+
+
+async def lock_open_invoices(conn: Conn, *, customer_id: str, currency: str) -> list[Invoice]:
+    """Lock the customer's invoices with an open balance in `currency`, in id order."""
+    rows = await conn.fetch(
+        f"SELECT {_INVOICE} FROM invoices WHERE customer_id = $1 AND currency = $2 AND balance_minor > 0"
+        " ORDER BY id FOR UPDATE",
+        customer_id,
+        currency,
+    )
+    return [_invoice(r) for r in rows]
+
+
+async def lock_order_invoices(conn: Conn, *, order_id: str) -> list[Invoice]:
+    rows = await conn.fetch(f"SELECT {_INVOICE} FROM invoices WHERE order_id = $1 ORDER BY id FOR UPDATE", order_id)
+    return [_invoice(r) for r in rows]
+
+
+async def list_invoices(
+    conn: Conn, *, customer_id: str | None, status: str | None, after: int | None, limit: int
+) -> list[tuple[int, Invoice]]:
+    """A page of invoices in issue order (keyset on `seq`), with their keys."""
+    rows = await conn.fetch(
+        f"SELECT {_INVOICE} FROM invoices WHERE ($1::text IS NULL OR customer_id = $1)"
+        " AND ($2::text IS NULL OR status = $2) AND ($3::bigint IS NULL OR seq > $3) ORDER BY seq LIMIT $4",
+        customer_id,
+        status,
+        after,
+        limit,
+    )
+    return [(r["seq"], _invoice(r)) for r in rows]
+
+
+async def add_settlements(conn: Conn, *, rows: Sequence[tuple[str, str, str | None, int, datetime]]) -> None:
+    """Record amounts that reduced invoices: `(invoice_id, kind, source_id, amount_minor, occurred_at)`."""
+    if rows:
+        await conn.executemany(
+            "INSERT INTO invoice_settlements (invoice_id, kind, source_id, amount_minor, occurred_at)"
+            " VALUES ($1, $2, $3, $4, $5)",
+            list(rows),
+        )
+
+
+# --- customer credit ---------------------------------------------------------------------------
+
+
+async def lock_credit(conn: Conn, *, customer_id: str, currency: str) -> int:
+    """The customer's unapplied credit in `currency`, its row locked (0 when there is none)."""
+    value = await conn.fetchval(
+        "SELECT balance_minor FROM customer_credit WHERE customer_id = $1 AND currency = $2 FOR UPDATE",
+        customer_id,
+        currency,
+    )
+    return int(value or 0)
+
+
+async def add_credit(conn: Conn, *, customer_id: str, currency: str, delta_minor: int) -> None:
+    """Add (or, negative, use) customer credit; the balance can never go below zero."""
+    if delta_minor == 0:
+        return
+    if delta_minor < 0:
+        used = await conn.fetchval(
+            "UPDATE customer_credit SET balance_minor = balance_minor + $3, updated_at = now()"
+            " WHERE customer_id = $1 AND currency = $2 RETURNING true",
+            customer_id,
+            currency,
+            delta_minor,
+        )
+        if not used:
+            raise RuntimeError(f"customer {customer_id} has no {currency} credit to use")
+        return
+    await conn.execute(
+        "INSERT INTO customer_credit (customer_id, currency, balance_minor) VALUES ($1, $2, $3)"
+        " ON CONFLICT (customer_id, currency) DO UPDATE"
+        " SET balance_minor = customer_credit.balance_minor + EXCLUDED.balance_minor, updated_at = now()",
+        customer_id,
+        currency,
+        delta_minor,
+    )
+
+
+async def credit_balances(conn: Conn, *, customer_id: str | None) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT customer_id, currency, balance_minor FROM customer_credit"
+        " WHERE ($1::text IS NULL OR customer_id = $1) AND balance_minor > 0 ORDER BY customer_id, currency",
+        customer_id,
+    )
+    return [dict(r) for r in rows]
+
+
+# --- payments ----------------------------------------------------------------------------------
+
+
+async def insert_payment(
+    conn: Conn,
+    *,
+    payment_id: str,
+    customer_id: str,
+    currency: str,
+    amount_minor: int,
+    unapplied_minor: int,
+    method: str,
+    reference: str,
+    received_at: datetime,
+) -> None:
+    await conn.execute(
+        "INSERT INTO payments (id, customer_id, currency, amount_minor, unapplied_minor, method, reference,"
+        " received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        payment_id,
+        customer_id,
+        currency,
+        amount_minor,
+        unapplied_minor,
+        method,
+        reference,
+        received_at,
+    )
+
+
+_PAYMENT = (
+    "SELECT p.seq, p.id, p.customer_id, p.currency, p.amount_minor, p.unapplied_minor, p.method, p.reference,"
+    " p.received_at, COALESCE((SELECT jsonb_agg(jsonb_build_object('invoice_id', s.invoice_id,"
+    " 'amount_minor', s.amount_minor) ORDER BY s.seq) FROM invoice_settlements s"
+    " WHERE s.kind = 'payment' AND s.source_id = p.id), '[]'::jsonb) AS applied FROM payments p"
+)
+
+
+async def get_payment(conn: Conn, *, payment_id: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(f"{_PAYMENT} WHERE p.id = $1", payment_id)
+    return dict(row) if row else None
+
+
+async def list_payments(conn: Conn, *, customer_id: str | None, after: int | None, limit: int) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        f"{_PAYMENT} WHERE ($1::text IS NULL OR p.customer_id = $1) AND ($2::bigint IS NULL OR p.seq > $2)"
+        " ORDER BY p.seq LIMIT $3",
+        customer_id,
+        after,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+# --- credit notes ------------------------------------------------------------------------------
+
+
+async def credit_note_exists_for_return(conn: Conn, *, return_id: str) -> bool:
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM credit_notes WHERE return_id = $1)", return_id))
+
+
+async def insert_credit_note(conn: Conn, *, note: CreditNote) -> None:
+    await conn.execute(
+        "INSERT INTO credit_notes (id, number, invoice_id, customer_id, order_id, return_id, currency, lines,"
+        " subtotal_minor, tax_minor, total_minor, applied_to_invoice_minor, to_customer_credit_minor, issued_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        note.id,
+        note.number,
+        note.invoice_id,
+        note.customer_id,
+        note.order_id,
+        note.return_id,
+        note.currency,
+        [line.model_dump(mode="json") for line in note.lines],
+        note.subtotal_minor,
+        note.tax_minor,
+        note.total_minor,
+        note.applied_to_invoice_minor,
+        note.to_customer_credit_minor,
+        note.issued_at,
+    )
+
+
+_CREDIT_NOTE = (
+    "SELECT seq, id, number, invoice_id, customer_id, order_id, return_id, currency, lines, subtotal_minor,"
+    " tax_minor, total_minor, applied_to_invoice_minor, to_customer_credit_minor, issued_at FROM credit_notes"
+)
+
+
+async def get_credit_note(conn: Conn, *, credit_note_id: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(f"{_CREDIT_NOTE} WHERE id = $1", credit_note_id)
+    return dict(row) if row else None
+
+
+async def list_credit_notes(
+    conn: Conn, *, customer_id: str | None, after: int | None, limit: int
+) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        f"{_CREDIT_NOTE} WHERE ($1::text IS NULL OR customer_id = $1) AND ($2::bigint IS NULL OR seq > $2)"
+        " ORDER BY seq LIMIT $3",
+        customer_id,
+        after,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+# --- disputes and dunning ----------------------------------------------------------------------
+
+
+async def open_dispute(conn: Conn, *, ticket_id: str, invoice_id: str, customer_id: str, reason: str) -> None:
+    await conn.execute(
+        "INSERT INTO disputes (ticket_id, invoice_id, customer_id, reason) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (ticket_id, invoice_id) DO UPDATE SET resolved_at = NULL, reason = EXCLUDED.reason",
+        ticket_id,
+        invoice_id,
+        customer_id,
+        reason,
+    )
+
+
+async def resolve_dispute(conn: Conn, *, ticket_id: str, invoice_id: str, customer_id: str, at: datetime) -> None:
+    await conn.execute(
+        "INSERT INTO disputes (ticket_id, invoice_id, customer_id, resolved_at) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (ticket_id, invoice_id) DO UPDATE SET resolved_at = EXCLUDED.resolved_at",
+        ticket_id,
+        invoice_id,
+        customer_id,
+        at,
+    )
+
+
+async def has_open_dispute(conn: Conn, *, invoice_id: str) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM disputes WHERE invoice_id = $1 AND resolved_at IS NULL)", invoice_id
+        )
+    )
+
+
+async def dunning_candidates(conn: Conn, *, as_of: datetime) -> list[str]:
+    """Ids of invoices past due on `as_of` that still owe something and have a dunning level to reach."""
+    rows = await conn.fetch(
+        "SELECT id FROM invoices WHERE balance_minor > 0 AND due_at < $1"
+        " AND (dunning_level < 3 OR status <> 'overdue') ORDER BY id",
+        as_of,
+    )
+    return [str(r["id"]) for r in rows]
+
+
+async def dunning_levels(conn: Conn, *, invoice_id: str) -> frozenset[int]:
+    rows = await conn.fetch("SELECT level FROM dunning_notices WHERE invoice_id = $1", invoice_id)
+    return frozenset(int(r["level"]) for r in rows)
+
+
+async def record_notices(
+    conn: Conn, *, invoice_id: str, levels: Sequence[int], days: int, as_of: datetime
+) -> list[int]:
+    """Record dunning notices; return the levels that were not recorded before (only those may be announced)."""
+    recorded = []
+    for level in levels:
+        inserted = await conn.fetchval(
+            "INSERT INTO dunning_notices (invoice_id, level, days_overdue, as_of) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT DO NOTHING RETURNING level",
+            invoice_id,
+            level,
+            days,
+            as_of,
+        )
+        if inserted is not None:
+            recorded.append(int(inserted))
+    return recorded
