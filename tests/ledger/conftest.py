@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import string
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -9,11 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 
 from backoffice import db, events
 from backoffice.envelope import Envelope
 from ledger import handlers
+from ledger.app import create_app
+from ledger.settings import Settings
+from tests.conftest import BOOTSTRAP, auth, free_port, running
 
 MIGRATIONS = Path(handlers.__file__).parent / "migrations"
 T0 = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
@@ -102,3 +108,69 @@ async def deliver(conn: asyncpg.Connection, env: Envelope) -> None:
 
 async def entries_of(conn: asyncpg.Connection, env: Envelope) -> list[Any]:
     return list(await conn.fetch("SELECT * FROM journal_entries WHERE source_event_id = $1", uuid.UUID(env.id)))
+
+
+@pytest.fixture(scope="module")
+async def client(books: str, topics: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The ledger app of this test module (lifespan running: relay, consumer) and an HTTP client for it."""
+    settings = Settings(
+        database_url=books,
+        kafka_bootstrap_servers=BOOTSTRAP,
+        topic_prefix=topics,
+        billing_url=f"http://127.0.0.1:{free_port()}",
+        billing_attempts=2,
+        billing_backoff_s=0.05,
+        billing_timeout_s=1.0,
+    )
+    async with running(create_app(settings)) as http:
+        yield http
+
+
+READ = auth("ledger:read")
+WRITE = auth("ledger:write ledger:read")
+
+
+def problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    return body
+
+
+def fields(body: dict[str, Any]) -> set[str]:
+    return {e["field"] for e in body.get("errors", [])}
+
+
+def currency() -> str:
+    """A currency code no other test uses, so reports per currency see only this test's entries."""
+    return "".join(random.choice(string.ascii_uppercase) for _ in range(3))
+
+
+async def post_entry(
+    http: httpx.AsyncClient,
+    lines: list[tuple[str, int]],
+    *,
+    currency: str = "EUR",
+    effective_at: datetime | None = None,
+    **extra: Any,
+) -> httpx.Response:
+    """Post a manual entry: positive amounts are debits, negative ones credits."""
+    body: dict[str, Any] = {
+        "currency": currency,
+        "lines": [
+            {"account": account, "debit_minor": amount} if amount > 0 else {"account": account, "credit_minor": -amount}
+            for account, amount in lines
+        ],
+        **extra,
+    }
+    if effective_at is not None:
+        body["effective_at"] = effective_at.isoformat()
+    return await http.post("/journal-entries", json=body, headers={**WRITE, "Idempotency-Key": str(uuid.uuid4())})
+
+
+async def open_account(http: httpx.AsyncClient, type_: str = "asset") -> str:
+    code = f"9{uuid.uuid4().int % 10**8:08d}"
+    response = await http.post("/accounts", json={"code": code, "name": f"Test {code}", "type": type_}, headers=WRITE)
+    assert response.status_code == 201, response.text
+    return code

@@ -1,7 +1,6 @@
 """Who may use the ledger: staff tokens with the ledger scopes; a customer token never sees the books."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI must see the closure's dependency, not a string.
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
