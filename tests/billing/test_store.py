@@ -1,0 +1,115 @@
+"""The store against the real PostgreSQL: gap-free numbering under concurrency, once per shipment, guards."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from billing import handlers, store
+from tests.billing.conftest import Billing, new_id, returned, shipped
+
+
+class Boom(Exception):
+    pass
+
+
+async def issue(billing: Billing, *, at: datetime, fail: bool = False, customer: str | None = None) -> str | None:
+    """Issue one invoice in its own transaction; with `fail`, roll it back after the number was taken."""
+    try:
+        async with billing.pool.acquire() as conn, conn.transaction():
+            invoice = await handlers.invoice_shipment(
+                conn,
+                shipped(customer or new_id("c"), [("A", 1, 100)]),
+                tax_rate_bps=2000,
+                default_terms_days=30,
+                at=at,
+            )
+            await asyncio.sleep(0.01)
+            if fail:
+                raise Boom
+    except Boom:
+        return None
+    assert invoice is not None
+    return invoice.number
+
+
+class TestNumbering:
+    async def test_parallel_issuing_gives_unique_gap_free_numbers(self, billing: Billing) -> None:
+        at = datetime(2031, 6, 1, tzinfo=UTC)
+        numbers = await asyncio.gather(*(issue(billing, at=at) for _ in range(20)))
+        assert sorted(n for n in numbers if n) == [f"INV-2031-{i:06d}" for i in range(1, 21)]
+
+    async def test_a_rolled_back_issue_gives_its_number_back(self, billing: Billing) -> None:
+        at = datetime(2032, 6, 1, tzinfo=UTC)
+        numbers = await asyncio.gather(*(issue(billing, at=at, fail=i % 3 == 0) for i in range(15)))
+        kept = sorted(n for n in numbers if n)
+        assert kept == [f"INV-2032-{i:06d}" for i in range(1, len(kept) + 1)]
+        assert len(kept) == 10
+
+    async def test_numbers_restart_each_year(self, billing: Billing) -> None:
+        last = await issue(billing, at=datetime(2033, 12, 31, 23, 59, tzinfo=UTC))
+        first = await issue(billing, at=datetime(2034, 1, 1, 0, 1, tzinfo=UTC))
+        assert (last, first) == ("INV-2033-000001", "INV-2034-000001")
+
+    async def test_credit_notes_have_their_own_sequence(self, billing: Billing) -> None:
+        customer = new_id("c")
+        invoice = await billing.invoice(shipped(customer, [("A", 2, 100)]))
+        one = await billing.credit(returned(invoice.order_id, customer, [("A", 1, 100)]))
+        two = await billing.credit(returned(invoice.order_id, customer, [("A", 1, 100)]))
+        year = datetime.now(UTC).year
+        assert int(two.number.rsplit("-", 1)[1]) == int(one.number.rsplit("-", 1)[1]) + 1
+        assert one.number.startswith(f"CN-{year}-")
+
+
+class TestOncePerDocument:
+    async def test_a_shipment_is_invoiced_once_however_often_it_comes(self, billing: Billing) -> None:
+        event = shipped(new_id("c"), [("A", 1, 100)])
+
+        async def once() -> object:
+            async with billing.pool.acquire() as conn, conn.transaction():
+                return await handlers.invoice_shipment(
+                    conn, event, tax_rate_bps=2000, default_terms_days=30, at=datetime.now(UTC)
+                )
+
+        results = await asyncio.gather(*(once() for _ in range(5)))
+        assert sum(r is not None for r in results) == 1
+        count = await billing.pool.fetchval("SELECT count(*) FROM invoices WHERE shipment_id = $1", event.shipment_id)
+        assert count == 1
+
+    async def test_a_return_is_credited_once(self, billing: Billing) -> None:
+        customer = new_id("c")
+        invoice = await billing.invoice(shipped(customer, [("A", 2, 100)]))
+        event = returned(invoice.order_id, customer, [("A", 1, 100)])
+        await billing.credit(event)
+        async with billing.pool.acquire() as conn, conn.transaction():
+            assert await handlers.credit_return(conn, event, at=datetime.now(UTC)) is None
+
+
+class TestGuards:
+    async def test_the_database_refuses_an_over_settled_invoice(self, billing: Billing) -> None:
+        invoice = await billing.invoice(shipped(new_id("c"), [("A", 1, 100)]))
+        over = invoice.__class__(**{**invoice.__dict__, "paid_minor": invoice.total_minor + 1})
+        with pytest.raises(asyncpg.CheckViolationError):
+            async with billing.pool.acquire() as conn, conn.transaction():
+                await store.update_invoice(conn, invoice=over)
+
+    async def test_customer_credit_never_goes_below_zero(self, billing: Billing) -> None:
+        customer = new_id("c")
+        async with billing.pool.acquire() as conn, conn.transaction():
+            await store.add_credit(conn, customer_id=customer, currency="EUR", delta_minor=100)
+        with pytest.raises(asyncpg.CheckViolationError):
+            async with billing.pool.acquire() as conn, conn.transaction():
+                await store.add_credit(conn, customer_id=customer, currency="EUR", delta_minor=-101)
+        async with billing.pool.acquire() as conn:
+            assert await store.lock_credit(conn, customer_id=customer, currency="EUR") == 100
+
+    async def test_dunning_notices_are_recorded_once_per_level(self, billing: Billing) -> None:
+        invoice = await billing.invoice(shipped(new_id("c"), [("A", 1, 100)]))
+        as_of = invoice.due_at + timedelta(days=20)
+        async with billing.pool.acquire() as conn, conn.transaction():
+            first = await store.record_notices(conn, invoice_id=invoice.id, levels=[1, 2], days=20, as_of=as_of)
+            again = await store.record_notices(conn, invoice_id=invoice.id, levels=[1, 2, 3], days=20, as_of=as_of)
+        assert (first, again) == ([1, 2], [3])
