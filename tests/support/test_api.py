@@ -304,6 +304,7 @@ class TestSla:
         assert rows["urgent"]["tickets"] == 0
         assert report.json()["totals"]["tickets"] == 2
         problem(await client.get("/reports/sla", headers=customer(cid())), 403)
+        problem(await client.get("/tickets?breached=true", headers=customer(cid())), 403)
 
 
 class TestDisputes:

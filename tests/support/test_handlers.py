@@ -7,11 +7,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
 from backoffice import events
 from backoffice.envelope import Envelope, encode
+from support import domain, store
+from support.settings import DEFAULT_SLA_POLICY
 from tests.conftest import eventually, produce
 from tests.support.conftest import AGENT, customer, support_app
 
@@ -20,7 +23,7 @@ T0 = datetime(2026, 2, 1, 9, 0, tzinfo=UTC)
 
 @pytest.fixture(scope="module")
 async def client(make_database: Callable[[str], Awaitable[str]], topics: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with support_app(make_database, topics, "support_handlers") as http:
+    async with support_app(make_database, topics, "support_handlers", job_interval_s=0.5) as http:
         yield http
 
 
@@ -251,3 +254,26 @@ class TestTimeline:
         assert refused.json()["errors"][0]["field"] == "body.invoice_id"
         accepted = await client.post("/tickets", json={**body, "customer_id": owner}, headers=customer(owner))
         assert accepted.status_code == 201, accepted.text
+
+
+class TestSlaTimer:
+    async def test_the_timer_reports_an_overdue_ticket_without_being_asked(
+        self, client: httpx.AsyncClient, make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
+        draft = domain.Draft(customer_id=f"cust-{new_id()[:8]}", subject="Old", description="d", priority="urgent")
+        old = domain.open_ticket(
+            draft, ticket_id=new_id(), policy=DEFAULT_SLA_POLICY, at=datetime.now(UTC) - timedelta(hours=2)
+        )
+        conn = await asyncpg.connect(await make_database("support_handlers"))
+        try:
+            await store.insert_ticket(conn, ticket=old.ticket)
+        finally:
+            await conn.close()
+
+        async def flagged() -> bool:
+            return old.ticket.id in [t["id"] for t in await tickets(client, breached="true")]
+
+        await eventually(flagged, timeout=15)
+        ticket = (await client.get(f"/tickets/{old.ticket.id}", headers=AGENT)).json()
+        assert ticket["sla"]["first_response"]["breached_at"] is not None
+        assert ticket["sla"]["resolution"]["breached_at"] is None

@@ -112,6 +112,8 @@ async def list_tickets(
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Page[schemas.Ticket]:
+    if principal.is_customer and breached is not None:
+        raise Forbidden("the breached filter is for agents")
     rows = await store.list_tickets(
         request.app.state.pool,
         limit=limit + 1,
