@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYPROJECTS := shared/pyproject.toml deploy/pyproject.toml $(wildcard services/*/pyproject.toml) requirements-dev.txt
 PYTEST_ARGS ?=
 
-.PHONY: help setup run test infra-up infra-down check lint typecheck clean bench chaos docs
+.PHONY: help setup run test infra-up infra-down check lint typecheck validate clean bench chaos docs
 
 help:
 	@echo "make run         start PostgreSQL, Kafka and the four services (Ctrl-C stops all)"
@@ -38,7 +38,10 @@ infra-up: $(STAMP)
 infra-down: $(STAMP)
 	@$(BIN)/devstack down --profile $(or $(PROFILE),dev)
 
-check: lint typecheck
+check: lint typecheck validate
+
+validate: $(STAMP)
+	$(BIN)/devstack validate
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

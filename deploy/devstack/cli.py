@@ -166,6 +166,12 @@ def cmd_test(args: argparse.Namespace) -> int:
     return result.returncode
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from devstack.validate import validate
+
+    return 0 if validate() else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="devstack", description="Local PostgreSQL + Kafka + services.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     test = sub.add_parser("test", help="test infrastructure, pytest, then stop what was started")
     test.add_argument("pytest_args", nargs=argparse.REMAINDER)
     test.set_defaults(func=cmd_test)
+    sub.add_parser("validate", help="validate Dockerfiles, compose and Kubernetes manifests offline").set_defaults(
+        func=cmd_validate
+    )
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
