@@ -240,7 +240,7 @@ class Order(BaseModel):
     currency: str
     status: Status
     total_minor: int
-    shipping_address: Address | str
+    shipping_address: dict[str, str] | str
     allow_backorder: bool
     placed_at: datetime
     confirmed_at: datetime | None

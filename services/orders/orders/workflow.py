@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
 import asyncpg
+import structlog
 from fastapi import Request
 from fastapi.responses import Response
 
@@ -21,6 +22,7 @@ from backoffice.errors import NotFound, Unavailable
 from orders import domain, schemas, store
 
 _ATTEMPTS = 3
+log = structlog.get_logger("orders.workflow")
 
 
 async def run(request: Request, *, principal: Principal, operation: idempotency.Operation) -> Response:
@@ -28,8 +30,8 @@ async def run(request: Request, *, principal: Principal, operation: idempotency.
     for _ in range(_ATTEMPTS):
         try:
             return await idempotency.run(request, pool=request.app.state.pool, principal=principal, operation=operation)
-        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
-            continue
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
+            log.warning("write_retried", path=request.url.path, error=type(exc).__name__)
     raise Unavailable("the database is busy with conflicting changes; try again")
 
 
