@@ -285,9 +285,7 @@ class TestFulfilment:
         response = await client.post(f"/orders/{order['id']}/cancel", json={"reason": "late"}, headers=STAFF)
         assert "fully shipped" in problem(response, 409)["detail"]
 
-    async def test_returns_take_back_shipped_quantities_and_restock_when_asked(
-        self, client: httpx.AsyncClient
-    ) -> None:
+    async def test_returns_take_back_shipped_quantities_and_restock_when_asked(self, client: httpx.AsyncClient) -> None:
         a = await add_product(client, on_hand=5, price=400)
         order = await placed(client, {a: 3})
         await ship(client, order["id"], {a: 2})
@@ -336,7 +334,12 @@ class TestReads:
             "returned": 1,
             "cancelled": 1,
         }
-        assert [h["type"] for h in shown["history"]] == ["OrderPlaced", "OrderShipped", "OrderReturned", "OrderCancelled"]
+        assert [h["type"] for h in shown["history"]] == [
+            "OrderPlaced",
+            "OrderShipped",
+            "OrderReturned",
+            "OrderCancelled",
+        ]
         assert shown["history"][1]["data"]["shipment_id"] == shown["shipments"][0]["id"]
 
     async def test_a_customer_sees_only_its_own_orders(self, client: httpx.AsyncClient) -> None:

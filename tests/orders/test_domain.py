@@ -17,14 +17,14 @@ from orders.domain import Item, Line, Order, Product
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
-def product(sku: str = "A", *, on_hand: int = 10, reserved: int = 0, price: int = 250, currency: str = "EUR") -> Product:
+def product(
+    sku: str = "A", *, on_hand: int = 10, reserved: int = 0, price: int = 250, currency: str = "EUR"
+) -> Product:
     return Product(sku=sku, name=sku, unit_price_minor=price, currency=currency, on_hand=on_hand, reserved=reserved)
 
 
 def order(*lines: Line, status: str = "confirmed", order_id: str = "o1") -> Order:
-    return Order(
-        id=order_id, customer_id="c1", currency="EUR", status=status, lines=tuple(lines), placed_at=NOW
-    )
+    return Order(id=order_id, customer_id="c1", currency="EUR", status=status, lines=tuple(lines), placed_at=NOW)
 
 
 def place(catalogue: dict[str, Product], *items: Item, allow_backorder: bool = False) -> domain.Outcome:
@@ -78,7 +78,9 @@ class TestPlaceOrder:
         ]
 
     def test_a_backorder_reserves_what_there_is(self) -> None:
-        placed = place({"A": product("A", on_hand=1), "B": product("B")}, Item("A", 3), Item("B", 2), allow_backorder=True)
+        placed = place(
+            {"A": product("A", on_hand=1), "B": product("B")}, Item("A", 3), Item("B", 2), allow_backorder=True
+        )
         assert placed.order.status == "backordered"
         assert placed.order.confirmed_at is None
         assert [(li.sku, li.reserved, li.waiting) for li in placed.order.lines] == [("A", 1, 2), ("B", 2, 0)]
