@@ -1,0 +1,168 @@
+"""The orders store against the real PostgreSQL: round trips, locks, keyset listing and the schema's guards."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from backoffice import db, events
+from backoffice.errors import Conflict
+from orders import domain, store
+from orders.settings import Settings
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+MIGRATIONS = Path(domain.__file__).parent / "migrations"
+
+
+@pytest.fixture(scope="module")
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    pool = await db.create_pool(settings)
+    async with pool.acquire() as conn:
+        await db.migrate(conn, db.service_migrations(MIGRATIONS, service="orders"))
+    yield pool
+    await pool.close()
+
+
+def sku() -> str:
+    return f"S-{uuid.uuid4().hex[:10]}"
+
+
+async def add(pool: asyncpg.Pool, *, on_hand: int, price: int = 100) -> domain.Product:
+    product = domain.Product(sku=sku(), name="p", unit_price_minor=price, currency="EUR", on_hand=on_hand)
+    async with pool.acquire() as conn:
+        assert await store.insert_product(conn, product=product, now=NOW)
+    return product
+
+
+async def place(
+    pool: asyncpg.Pool, items: list[domain.Item], *, customer: str = "c1", backorder: bool = False
+) -> domain.Order:
+    """Place an order the way the route does: lock the products, decide, write."""
+    async with pool.acquire() as conn, conn.transaction():
+        catalogue = await store.lock_products(conn, skus=[i.sku for i in items])
+        placed = domain.place_order(
+            order_id=str(uuid.uuid4()),
+            customer_id=customer,
+            currency="EUR",
+            items=items,
+            catalogue=catalogue,
+            allow_backorder=backorder,
+            shipping_address={"line1": "x", "city": "y", "country": "DE"},
+            now=events.now(),
+        )
+        await store.insert_order(conn, order=placed.order, now=NOW)
+        await store.save_stock(conn, products=placed.products, now=NOW)
+    return placed.order
+
+
+class TestProducts:
+    async def test_a_duplicate_sku_is_not_inserted(self, pool: asyncpg.Pool) -> None:
+        product = await add(pool, on_hand=1)
+        async with pool.acquire() as conn:
+            assert not await store.insert_product(conn, product=product, now=NOW)
+
+    async def test_the_schema_refuses_reserving_more_than_on_hand(self, pool: asyncpg.Pool) -> None:
+        product = await add(pool, on_hand=2)
+        async with pool.acquire() as conn:
+            with pytest.raises(asyncpg.CheckViolationError):
+                await store.save_stock(conn, products=[domain.Product(**{**product.__dict__, "reserved": 3})], now=NOW)
+            with pytest.raises(asyncpg.CheckViolationError):
+                await store.save_stock(conn, products=[domain.Product(**{**product.__dict__, "on_hand": -1})], now=NOW)
+            assert await store.get_product(conn, sku=product.sku) == product
+
+    async def test_parallel_reservations_on_separate_connections_never_oversell(self, pool: asyncpg.Pool) -> None:
+        product = await add(pool, on_hand=5)
+
+        async def attempt() -> bool:
+            try:
+                await place(pool, [domain.Item(product.sku, 1)])
+            except Conflict:
+                return False
+            return True
+
+        results = await asyncio.gather(*(attempt() for _ in range(20)))
+        assert results.count(True) == 5
+        async with pool.acquire() as conn:
+            shown = await store.get_product(conn, sku=product.sku)
+        assert shown is not None and (shown.on_hand, shown.reserved) == (5, 5)
+
+
+class TestOrders:
+    async def test_an_order_round_trips_with_its_lines(self, pool: asyncpg.Pool) -> None:
+        a, b = await add(pool, on_hand=5, price=300), await add(pool, on_hand=1, price=20)
+        order = await place(pool, [domain.Item(a.sku, 2), domain.Item(b.sku, 3)], backorder=True)
+        async with pool.acquire() as conn:
+            loaded = await store.get_order(conn, order_id=order.id)
+            owner = await store.order_owner_and_skus(conn, order_id=order.id)
+        assert loaded is not None
+        assert loaded.lines == order.lines and loaded.status == "backordered"
+        assert loaded.total_minor == 660 and loaded.shipping_address == order.shipping_address
+        assert owner == ("c1", sorted([a.sku, b.sku]))
+
+    async def test_backorders_waiting_for_a_sku_are_locked_oldest_first(self, pool: asyncpg.Pool) -> None:
+        scarce, other = await add(pool, on_hand=0), await add(pool, on_hand=0)
+        first = await place(pool, [domain.Item(scarce.sku, 1)], backorder=True)
+        await place(pool, [domain.Item(other.sku, 1)], backorder=True)
+        second = await place(pool, [domain.Item(scarce.sku, 2)], backorder=True)
+        async with pool.acquire() as conn, conn.transaction():
+            waiting = await store.lock_backorders(conn, skus=[scarce.sku])
+            assert [o.id for o in waiting] == [first.id, second.id]
+            cancelled = domain.cancel(waiting[0], reason="x", catalogue={}, now=NOW).order
+            await store.save_orders(conn, orders=[cancelled], now=NOW)
+            assert [o.id for o in await store.lock_backorders(conn, skus=[scarce.sku])] == [second.id]
+
+    async def test_a_locked_order_makes_a_second_writer_wait(self, pool: asyncpg.Pool) -> None:
+        product = await add(pool, on_hand=3)
+        order = await place(pool, [domain.Item(product.sku, 1)])
+        async with pool.acquire() as holder, holder.transaction():
+            await store.get_order(holder, order_id=order.id, for_update=True)
+            async with pool.acquire() as other, other.transaction():
+                await other.execute("SET LOCAL lock_timeout = '200ms'")
+                with pytest.raises(asyncpg.LockNotAvailableError):
+                    await store.get_order(other, order_id=order.id, for_update=True)
+
+    async def test_listing_is_newest_first_by_keyset(self, pool: asyncpg.Pool) -> None:
+        product = await add(pool, on_hand=10)
+        customer = f"c-{uuid.uuid4().hex[:8]}"
+        ids = [(await place(pool, [domain.Item(product.sku, 1)], customer=customer)).id for _ in range(3)]
+        async with pool.acquire() as conn:
+            page = await store.list_orders(conn, customer_id=customer, status=None, before_seq=None, limit=2)
+            rest = await store.list_orders(
+                conn, customer_id=customer, status="confirmed", before_seq=page[-1]["seq"], limit=2
+            )
+            none = await store.list_orders(conn, customer_id=customer, status="shipped", before_seq=None, limit=2)
+        assert [r["id"] for r in page + rest] == ids[::-1]
+        assert none == []
+
+
+class TestBillingView:
+    async def test_issued_then_paid_invoices_upsert_under_their_order(self, pool: asyncpg.Pool) -> None:
+        product = await add(pool, on_hand=1)
+        order = await place(pool, [domain.Item(product.sku, 1)])
+        invoice = str(uuid.uuid4())
+        issued = events.InvoiceIssued(
+            invoice_id=invoice,
+            number="INV-2026-000042",
+            customer_id="c1",
+            order_id=order.id,
+            currency="EUR",
+            lines=(),
+            subtotal_minor=100,
+            tax_minor=19,
+            total_minor=119,
+            issued_at=NOW,
+            due_at=NOW + timedelta(days=30),
+        )
+        paid = events.InvoicePaid(invoice_id=invoice, customer_id="c1", currency="EUR", total_minor=119, paid_at=NOW)
+        async with pool.acquire() as conn:
+            await store.record_invoice(conn, order_id=order.id, invoice=issued)
+            assert await store.order_of_invoice(conn, invoice_id=invoice) == order.id
+            await store.record_payment(conn, order_id=order.id, paid=paid)
+            (row,) = await store.invoices(conn, order_id=order.id)
+        assert (row["number"], row["total_minor"], row["paid"], row["paid_at"]) == ("INV-2026-000042", 119, True, NOW)
