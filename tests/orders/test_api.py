@@ -379,3 +379,16 @@ class TestReads:
         problem(await client.get(f"/orders/{uuid.uuid4()}", headers=STAFF), 404)
         problem(await client.get("/orders"), 401)
         problem(await client.get("/orders", headers=auth("billing:read")), 403)
+
+    async def test_the_openapi_document_lists_every_route(self, client: httpx.AsyncClient) -> None:
+        paths = (await client.get("/openapi.json")).json()["paths"]
+        assert {
+            "/products",
+            "/products/{sku}",
+            "/products/{sku}/stock-adjustments",
+            "/orders",
+            "/orders/{order_id}",
+            "/orders/{order_id}/shipments",
+            "/orders/{order_id}/cancel",
+            "/orders/{order_id}/returns",
+        } <= paths.keys()

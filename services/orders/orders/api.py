@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 
 from backoffice import events
@@ -19,6 +19,7 @@ Reader = Annotated[Principal, Depends(require("orders:read"))]
 Writer = Annotated[Principal, Depends(require("orders:write"))]
 Stocker = Annotated[Principal, Depends(require("inventory:write"))]
 CatalogueReader = Annotated[Principal, Depends(require("orders:read", "inventory:write"))]
+SkuPath = Annotated[str, Path(min_length=1, max_length=64)]
 
 PROBLEMS: dict[int | str, dict[str, Any]] = {
     401: {"description": "No valid bearer token"},
@@ -89,7 +90,7 @@ async def list_products(
 
 
 @router.get("/products/{sku}", response_model=schemas.Product, tags=["inventory"])
-async def get_product(sku: str, request: Request, principal: CatalogueReader) -> schemas.Product:
+async def get_product(sku: SkuPath, request: Request, principal: CatalogueReader) -> schemas.Product:
     """A product with `on_hand`, `reserved` and `available`."""
     async with request.app.state.pool.acquire() as conn:
         product = await store.get_product(conn, sku=sku)
@@ -101,7 +102,7 @@ async def get_product(sku: str, request: Request, principal: CatalogueReader) ->
 @router.post(
     "/products/{sku}/stock-adjustments", status_code=201, response_model=schemas.Adjustment, tags=["inventory"]
 )
-async def adjust_stock(sku: str, body: schemas.StockAdjustment, request: Request, principal: Stocker) -> Response:
+async def adjust_stock(sku: SkuPath, body: schemas.StockAdjustment, request: Request, principal: Stocker) -> Response:
     """A receipt or a count correction; freed stock goes to backorders, oldest first."""
     _staff_only(principal, "adjust stock")
 
