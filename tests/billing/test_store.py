@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from billing import handlers, store
+from billing import handlers, store, store_dunning
 from tests.billing.conftest import Billing, new_id, returned, shipped
 
 
@@ -110,6 +110,8 @@ class TestGuards:
         invoice = await billing.invoice(shipped(new_id("c"), [("A", 1, 100)]))
         as_of = invoice.due_at + timedelta(days=20)
         async with billing.pool.acquire() as conn, conn.transaction():
-            first = await store.record_notices(conn, invoice_id=invoice.id, levels=[1, 2], days=20, as_of=as_of)
-            again = await store.record_notices(conn, invoice_id=invoice.id, levels=[1, 2, 3], days=20, as_of=as_of)
+            first = await store_dunning.record_notices(conn, invoice_id=invoice.id, levels=[1, 2], days=20, as_of=as_of)
+            again = await store_dunning.record_notices(
+                conn, invoice_id=invoice.id, levels=[1, 2, 3], days=20, as_of=as_of
+            )
         assert (first, again) == ([1, 2], [3])

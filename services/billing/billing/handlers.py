@@ -17,7 +17,7 @@ from backoffice.consumer import Handler
 from backoffice.db import Conn
 from backoffice.envelope import Envelope
 from backoffice.errors import Conflict, NotFound
-from billing import domain, store
+from billing import domain, store, store_dunning
 from billing.settings import Settings
 
 log = structlog.get_logger("billing.handlers")
@@ -107,7 +107,7 @@ def build(settings: Settings) -> Mapping[type[events.Event], Handler]:
     async def on_dispute_opened(conn: Conn, envelope: Envelope) -> None:
         event = envelope.event
         assert isinstance(event, events.DisputeOpened)
-        await store.open_dispute(
+        await store_dunning.open_dispute(
             conn,
             ticket_id=event.ticket_id,
             invoice_id=event.invoice_id,
@@ -118,7 +118,7 @@ def build(settings: Settings) -> Mapping[type[events.Event], Handler]:
     async def on_dispute_resolved(conn: Conn, envelope: Envelope) -> None:
         event = envelope.event
         assert isinstance(event, events.DisputeResolved)
-        await store.resolve_dispute(
+        await store_dunning.resolve_dispute(
             conn,
             ticket_id=event.ticket_id,
             invoice_id=event.invoice_id,

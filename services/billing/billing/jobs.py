@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from backoffice import outbox
 from backoffice.db import Conn
-from billing import domain, store
+from billing import domain, store, store_dunning
 from billing.schemas import DunningRun
 
 
@@ -18,11 +18,11 @@ async def dun_invoice(conn: Conn, *, invoice_id: str, as_of: datetime) -> tuple[
     invoice = await store.lock_invoice(conn, invoice_id=invoice_id)
     if invoice is None:
         return False, 0, False
-    disputed = await store.has_open_dispute(conn, invoice_id=invoice_id)
-    emitted = await store.dunning_levels(conn, invoice_id=invoice_id)
+    disputed = await store_dunning.has_open_dispute(conn, invoice_id=invoice_id)
+    emitted = await store_dunning.dunning_levels(conn, invoice_id=invoice_id)
     dunned, notices = domain.dun(invoice, as_of=as_of, emitted=emitted, disputed=disputed)
     days = domain.days_overdue(invoice.due_at, as_of)
-    recorded = await store.record_notices(
+    recorded = await store_dunning.record_notices(
         conn, invoice_id=invoice_id, levels=[n.dunning_level for n in notices], days=days, as_of=as_of
     )
     notices = [n for n in notices if n.dunning_level in recorded]
@@ -35,7 +35,7 @@ async def dun_invoice(conn: Conn, *, invoice_id: str, as_of: datetime) -> tuple[
 async def run_dunning(pool: asyncpg.Pool, *, as_of: datetime) -> DunningRun:
     """Dun every past-due invoice as of `as_of`, one transaction per invoice."""
     async with pool.acquire() as conn:
-        candidates = await store.dunning_candidates(conn, as_of=as_of)
+        candidates = await store_dunning.dunning_candidates(conn, as_of=as_of)
     marked = notices = skipped = 0
     for invoice_id in candidates:
         async with pool.acquire() as conn, conn.transaction():
