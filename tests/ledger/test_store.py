@@ -114,6 +114,16 @@ class TestBalanceAtCommit:
                     T0,
                 )
 
+    async def test_a_committed_entrys_line_numbers_are_all_taken(self, conn: asyncpg.Connection) -> None:
+        entry_id = await _committed_entry(conn)
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute(
+                "INSERT INTO journal_lines (entry_id, line_no, account, currency, effective_at, debit_minor)"
+                " VALUES ($1, 1, '1000', 'EUR', $2, 50)",
+                entry_id,
+                T0,
+            )
+
     async def test_an_entry_of_one_line_cannot_commit(self, conn: asyncpg.Connection) -> None:
         with pytest.raises(asyncpg.CheckViolationError):
             async with conn.transaction():

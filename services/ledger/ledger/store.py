@@ -17,7 +17,7 @@ _ENTRY_COLUMNS = (
     "e.id, e.seq, e.currency, e.memo, e.source_type, e.source_event_id, e.reverses_entry_id, e.effective_at,"
     " e.posted_at, r.id AS reversed_by"
 )
-_BALANCE_CONSTRAINTS = "journal_entries_balance, journal_lines_balance"
+_BALANCE_CONSTRAINTS = "journal_entries_balance"
 
 
 @dataclass(frozen=True)
@@ -292,7 +292,9 @@ async def ledger_lines(
     if start is not None:
         where.add("l.effective_at >= {}", start)
     where.add("l.effective_at <= {}", end)
-    if after is not None:
+    if after is not None and currency is not None:  # the keyset starts the index range scan only in this form
+        where.add("(l.effective_at, l.id) > ({}, {})", *after[1:])
+    elif after is not None:
         where.add("(l.currency, l.effective_at, l.id) > ({}, {}, {})", *after)
     rows = await conn.fetch(
         "SELECT l.id, l.entry_id, l.currency, l.effective_at, e.posted_at, e.source_type, e.memo, l.debit_minor,"
