@@ -272,6 +272,16 @@ class TestDunning:
         body = (await billing.http.get(f"/invoices/{inv.id}", headers=STAFF)).json()
         assert (body["status"], body["dunning_level"]) == ("overdue", 3)
 
+    async def test_parallel_runs_still_announce_each_level_once(self, billing: Billing) -> None:
+        inv = await billing.invoice(shipped(new_id("c"), [("A", 1, 1000)]))
+        params = {"as_of": _iso(inv.due_at + timedelta(days=35))}
+        runs = await asyncio.gather(
+            *(billing.http.post("/jobs/dunning", params=params, headers=ADMIN) for _ in range(4))
+        )
+        assert {r.status_code for r in runs} == {200}
+        overdue = [d["dunning_level"] for n, d in await billing.outbox(inv.id) if n == "InvoiceOverdue"]
+        assert overdue == [1, 2, 3]
+
     async def test_levels_come_at_1_15_and_30_days(self, billing: Billing) -> None:
         inv = await billing.invoice(shipped(new_id("c"), [("A", 1, 1000)]))
         levels = []
@@ -316,6 +326,9 @@ class TestReports:
                 "total_minor": 6000,
             }
         ]
+        staff = await billing.http.get("/reports/ar-aging", params={"customer_id": customer}, headers=STAFF)
+        assert [r["customer_id"] for r in staff.json()["rows"]] == [customer]
+        assert staff.json()["totals"][0]["total_minor"] == 6000
         earlier = now - timedelta(days=50)
         past = (await billing.http.get("/reports/ar-aging", params={"as_of": _iso(earlier)}, headers=me)).json()
         assert past["rows"][0]["buckets"] == {"current": 0, "1-30": 1200, "31-60": 0, "61-90": 1200, "90+": 0}

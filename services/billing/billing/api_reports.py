@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Request
 
 from billing import domain, schemas, store, store_payables, store_reports
-from billing.deps import AsOf, CurrencyQuery, Read, staff_only
+from billing.deps import AsOf, CurrencyQuery, CustomerQuery, Read, staff_only
 
 router = APIRouter(prefix="/reports", tags=["reports"])
 
@@ -25,11 +25,15 @@ def _totals(rows: list[domain.AgingRow]) -> list[schemas.AgingOut]:
 
 @router.get("/ar-aging", response_model=schemas.AgingReport, summary="Receivables by days past due, per customer")
 async def ar_aging(
-    request: Request, principal: Read, as_of: AsOf = None, currency: CurrencyQuery = None
+    request: Request,
+    principal: Read,
+    as_of: AsOf = None,
+    currency: CurrencyQuery = None,
+    customer_id: CustomerQuery = None,
 ) -> schemas.AgingReport:
     when = as_of or datetime.now(UTC)
     items = await store_reports.open_invoice_items(
-        request.app.state.pool, as_of=when, currency=currency, customer_id=principal.scope_customer(None)
+        request.app.state.pool, as_of=when, currency=currency, customer_id=principal.scope_customer(customer_id)
     )
     rows = domain.age(items, as_of=when)
     return schemas.AgingReport(
