@@ -88,42 +88,37 @@ async def get_credit_note(credit_note_id: uuid.UUID, request: Request, principal
 # --- payments ----------------------------------------------------------------------------------
 
 
-async def _apply_payment(conn: Conn, body: schemas.PaymentIn) -> schemas.PaymentOut:
-    at = body.received_at or datetime.now(UTC)
-    await store.lock_customer(conn, customer_id=body.customer_id)
+def _payment_in(body: schemas.PaymentIn) -> domain.PaymentIn:
+    allocations = None
     if body.allocations is not None:
-        ids = [str(a.invoice_id) for a in body.allocations]
-        invoices = await store.lock_invoices(conn, customer_id=body.customer_id, invoice_ids=ids)
-    else:
-        invoices = await store.lock_open_invoices(conn, customer_id=body.customer_id, currency=body.currency)
-    payment = domain.PaymentIn(
+        allocations = tuple(
+            events.Allocation(invoice_id=str(a.invoice_id), amount_minor=a.amount_minor) for a in body.allocations
+        )
+    return domain.PaymentIn(
         id=str(uuid.uuid4()),
         customer_id=body.customer_id,
         currency=body.currency,
         amount_minor=body.amount_minor,
         method=body.method,
         reference=body.reference,
-        received_at=at,
-        allocations=None
-        if body.allocations is None
-        else tuple(
-            events.Allocation(invoice_id=str(a.invoice_id), amount_minor=a.amount_minor) for a in body.allocations
-        ),
+        received_at=body.received_at or datetime.now(UTC),
+        allocations=allocations,
     )
+
+
+async def _apply_payment(conn: Conn, payment: domain.PaymentIn) -> schemas.PaymentOut:
+    """Lock the customer and the invoices concerned, apply the payment, keep the rest as customer credit."""
+    await store.lock_customer(conn, customer_id=payment.customer_id)
+    if payment.allocations is not None:
+        ids = [a.invoice_id for a in payment.allocations]
+        invoices = await store.lock_invoices(conn, customer_id=payment.customer_id, invoice_ids=ids)
+    else:
+        invoices = await store.lock_open_invoices(conn, customer_id=payment.customer_id, currency=payment.currency)
     outcome = domain.apply_payment(payment, invoices)
-    await store.insert_payment(
-        conn,
-        payment_id=payment.id,
-        customer_id=payment.customer_id,
-        currency=payment.currency,
-        amount_minor=payment.amount_minor,
-        unapplied_minor=outcome.unapplied_minor,
-        method=payment.method,
-        reference=payment.reference,
-        received_at=at,
-    )
+    await store.insert_payment(conn, payment=payment, unapplied_minor=outcome.unapplied_minor)
     for invoice in outcome.invoices:
         await store.update_invoice(conn, invoice=invoice)
+    at = payment.received_at
     await store.add_settlements(
         conn, rows=[(a.invoice_id, "payment", payment.id, a.amount_minor, at) for a in outcome.applied]
     )
@@ -156,7 +151,7 @@ async def receive_payment(body: schemas.PaymentIn, request: Request, principal: 
     principal.ensure_visible(body.customer_id, what="customer")
 
     async def operation(conn: Conn) -> tuple[int, Any]:
-        return 201, await _apply_payment(conn, body)
+        return 201, await _apply_payment(conn, _payment_in(body))
 
     return await idempotency.run(
         request, pool=request.app.state.pool, principal=principal, operation=operation, required=True

@@ -14,7 +14,7 @@ import asyncpg
 
 from backoffice import events
 from backoffice.db import Conn
-from billing.domain import CreditNote, Invoice
+from billing.domain import CreditNote, Invoice, PaymentIn
 
 _INVOICE = (
     "seq, id, number, customer_id, order_id, shipment_id, currency, lines, tax_rate_bps, subtotal_minor, tax_minor,"
@@ -251,29 +251,18 @@ async def credit_balances(conn: Conn, *, customer_id: str | None) -> list[dict[s
 # --- payments ----------------------------------------------------------------------------------
 
 
-async def insert_payment(
-    conn: Conn,
-    *,
-    payment_id: str,
-    customer_id: str,
-    currency: str,
-    amount_minor: int,
-    unapplied_minor: int,
-    method: str,
-    reference: str,
-    received_at: datetime,
-) -> None:
+async def insert_payment(conn: Conn, *, payment: PaymentIn, unapplied_minor: int) -> None:
     await conn.execute(
         "INSERT INTO payments (id, customer_id, currency, amount_minor, unapplied_minor, method, reference,"
         " received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        payment_id,
-        customer_id,
-        currency,
-        amount_minor,
+        payment.id,
+        payment.customer_id,
+        payment.currency,
+        payment.amount_minor,
         unapplied_minor,
-        method,
-        reference,
-        received_at,
+        payment.method,
+        payment.reference,
+        payment.received_at,
     )
 
 
