@@ -196,6 +196,19 @@ class TestCreditNotes:
         assert (issued.order_id, issued.return_id) == ("o1", "r-o1")
         assert [type(e).__name__ for e in caused] == ["CreditNoteIssued", "InvoicePaid"]
 
+    def test_returning_lines_one_by_one_gives_back_exactly_the_invoices_tax(self) -> None:
+        inv = invoice([("A", 3, 333)])  # 999 + 200 (199.8)
+        prior, taxes = (0, 0), []
+        for i in range(3):
+            note, inv, _ = domain.credit_return(
+                give_back("o1", [("A", 1, 333)]), inv, credit_note_id=f"cn{i}", number="CN", at=T0, prior=prior
+            )
+            taxes.append(note.tax_minor)
+            prior = (prior[0] + note.subtotal_minor, prior[1] + note.tax_minor)
+        assert taxes == [67, 66, 67]
+        assert sum(taxes) == inv.tax_minor == 200
+        assert (inv.balance_minor, inv.status) == (0, "credited")
+
     def test_a_whole_unpaid_invoice_returned_is_credited(self) -> None:
         _, inv, caused = domain.credit_return(
             give_back("o1", [("A", 2, 1000)]),
@@ -336,6 +349,7 @@ class Books(RuleBasedStateMachine):
         self.n = 0
         self.now = T0
         self.paid_events: dict[str, int] = {}
+        self.notes: dict[str, tuple[int, int]] = {}  # invoice id -> summed (subtotal, tax) of its credit notes
 
     def _tick(self) -> datetime:
         self.now += timedelta(minutes=1)
@@ -393,9 +407,16 @@ class Books(RuleBasedStateMachine):
         target = domain.invoice_for_return([i for i in self.invoices.values() if i.order_id == order])
         assert target is not None
         price = target.lines[0].unit_price_minor
+        prior = self.notes.get(target.id, (0, 0))
         note, inv, caused = domain.credit_return(
-            give_back(order, [("A", units, price)]), target, credit_note_id=f"cn{self.n}", number="CN", at=self._tick()
+            give_back(order, [("A", units, price)]),
+            target,
+            credit_note_id=f"cn{self.n}",
+            number="CN",
+            at=self._tick(),
+            prior=prior,
         )
+        self.notes[target.id] = (prior[0] + note.subtotal_minor, prior[1] + note.tax_minor)
         assert note.total_minor == note.subtotal_minor + note.tax_minor
         assert note.total_minor == note.applied_to_invoice_minor + note.to_customer_credit_minor
         self.invoices[inv.id] = inv
@@ -412,6 +433,15 @@ class Books(RuleBasedStateMachine):
             assert inv.balance_minor == inv.total_minor - settled >= 0
             assert (inv.balance_minor == 0) == (inv.status in domain.CLOSED)
             assert self.paid_events.get(inv.id, 0) == (1 if inv.status == "paid" else 0)
+
+    @invariant()
+    def credit_notes_never_give_back_more_than_was_invoiced(self) -> None:
+        for invoice_id, (subtotal, tax) in self.notes.items():
+            inv = self.invoices[invoice_id]
+            assert tax == domain.tax_on(subtotal, inv.tax_rate_bps)
+            assert subtotal + tax <= inv.total_minor
+            if not self.shipped[inv.order_id]:  # everything returned
+                assert (subtotal, tax) == (inv.subtotal_minor, inv.tax_minor)
 
     @invariant()
     def no_money_is_made_or_lost(self) -> None:

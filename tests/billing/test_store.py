@@ -63,6 +63,13 @@ class TestNumbering:
         assert int(two.number.rsplit("-", 1)[1]) == int(one.number.rsplit("-", 1)[1]) + 1
         assert one.number.startswith(f"CN-{year}-")
 
+    async def test_credit_notes_of_one_invoice_carry_its_tax_exactly(self, billing: Billing) -> None:
+        customer = new_id("c")
+        invoice = await billing.invoice(shipped(customer, [("A", 3, 333)]))
+        notes = [await billing.credit(returned(invoice.order_id, customer, [("A", 1, 333)])) for _ in range(3)]
+        assert [n.tax_minor for n in notes] == [67, 66, 67]
+        assert sum(n.total_minor for n in notes) == invoice.total_minor
+
 
 class TestOncePerDocument:
     async def test_a_shipment_is_invoiced_once_however_often_it_comes(self, billing: Billing) -> None:

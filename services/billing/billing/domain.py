@@ -271,16 +271,34 @@ def invoice_for_return(invoices: Sequence[Invoice]) -> Invoice | None:
     return next((i for i in ordered if i.balance_minor > 0), ordered[-1] if ordered else None)
 
 
+def credit_note_tax(subtotal_minor: int, *, rate_bps: int, prior_subtotal_minor: int, prior_tax_minor: int) -> int:
+    """The tax of a credit note, at its invoice's rate, so that all credit notes against one invoice together
+    carry the tax of their summed subtotal rounded half up once (`tax_on`): returning an invoice's lines one
+    at a time gives back exactly the invoice's tax, never a rounding unit more or less.
+    """
+    return tax_on(prior_subtotal_minor + subtotal_minor, rate_bps) - prior_tax_minor
+
+
 def credit_return(
-    returned: events.OrderReturned, invoice: Invoice, *, credit_note_id: str, number: str, at: datetime
+    returned: events.OrderReturned,
+    invoice: Invoice,
+    *,
+    credit_note_id: str,
+    number: str,
+    at: datetime,
+    prior: tuple[int, int] = (0, 0),
 ) -> tuple[CreditNote, Invoice, list[events.Event]]:
-    """A credit note for returned lines, taxed at the invoice's rate; it reduces the open balance first and
-    the rest becomes customer credit."""
+    """A credit note for returned lines; it reduces the open balance first and the rest becomes customer credit.
+
+    `prior` is the (subtotal, tax) of the credit notes already issued against the invoice.
+    """
     if returned.currency != invoice.currency:
         raise Conflict(f"return in {returned.currency} cannot be credited on invoice {invoice.number}")
     lines = priced_lines(returned.lines)
     subtotal = sum(line.amount_minor for line in lines)
-    tax = tax_on(subtotal, invoice.tax_rate_bps)
+    tax = credit_note_tax(
+        subtotal, rate_bps=invoice.tax_rate_bps, prior_subtotal_minor=prior[0], prior_tax_minor=prior[1]
+    )
     total = subtotal + tax
     applied = min(total, invoice.balance_minor)
     note = CreditNote(

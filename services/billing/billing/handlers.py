@@ -69,6 +69,7 @@ async def credit_return(conn: Conn, returned: events.OrderReturned, *, at: datet
         credit_note_id=str(uuid.uuid4()),
         number=domain.document_number("CN", at.year, n),
         at=at,
+        prior=await store.credited_on_invoice(conn, invoice_id=invoice.id),
     )
     await store.insert_credit_note(conn, note=note)
     await store.update_invoice(conn, invoice=invoice)

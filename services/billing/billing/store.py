@@ -319,6 +319,17 @@ async def insert_credit_note(conn: Conn, *, note: CreditNote) -> None:
     )
 
 
+async def credited_on_invoice(conn: Conn, *, invoice_id: str) -> tuple[int, int]:
+    """The summed (subtotal, tax) of the credit notes issued against an invoice."""
+    row = await conn.fetchrow(
+        "SELECT COALESCE(sum(subtotal_minor), 0)::bigint AS s, COALESCE(sum(tax_minor), 0)::bigint AS t"
+        " FROM credit_notes WHERE invoice_id = $1",
+        invoice_id,
+    )
+    assert row is not None
+    return int(row["s"]), int(row["t"])
+
+
 _CREDIT_NOTE = (
     "SELECT seq, id, number, invoice_id, customer_id, order_id, return_id, currency, lines, subtotal_minor,"
     " tax_minor, total_minor, applied_to_invoice_minor, to_customer_credit_minor, issued_at FROM credit_notes"
