@@ -55,5 +55,8 @@ clean:
 	-@test -x $(BIN)/devstack && $(BIN)/devstack down --profile test; true
 	rm -rf .run $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
+chaos: $(STAMP)
+	$(BIN)/devstack chaos --orders $(or $(ORDERS),2000) $(if $(SEED),--seed $(SEED),)
+
 docs: $(STAMP)
 	$(BIN)/backoffice docs --out docs

@@ -166,6 +166,30 @@ def cmd_test(args: argparse.Namespace) -> int:
     return result.returncode
 
 
+def cmd_chaos(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+    from dataclasses import asdict
+
+    from devstack import chaos
+
+    kafka_jars()
+    report = asyncio.run(
+        chaos.run(orders=args.orders, seed=args.seed, kill_postgres=not args.no_postgres, min_kills=args.min_kills)
+    )
+    summary = {k: v for k, v in asdict(report).items() if k != "schedule"}
+    print(f"seed {report.seed}; schedule:\n  " + "\n  ".join(report.schedule))
+    print(json.dumps(summary, indent=2))
+    print("chaos: all invariants hold" if report.ok else "chaos: INVARIANTS FAILED", flush=True)
+    return 0 if report.ok else 1
+
+
+def kafka_jars() -> None:
+    from devstack.kafka import ensure_jars
+
+    ensure_jars()
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from devstack.validate import validate
 
@@ -185,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     test = sub.add_parser("test", help="test infrastructure, pytest, then stop what was started")
     test.add_argument("pytest_args", nargs=argparse.REMAINDER)
     test.set_defaults(func=cmd_test)
+    chaos = sub.add_parser("chaos", help="order-to-cash load while killing processes; checks every invariant")
+    chaos.add_argument("--orders", type=int, default=2000)
+    chaos.add_argument("--seed", type=int, default=int(time.time()) % 100000)
+    chaos.add_argument("--min-kills", type=int, default=5, help="kills per component, at least")
+    chaos.add_argument("--no-postgres", action="store_true", help="do not kill PostgreSQL")
+    chaos.set_defaults(func=cmd_chaos)
     sub.add_parser("validate", help="validate Dockerfiles, compose and Kubernetes manifests offline").set_defaults(
         func=cmd_validate
     )

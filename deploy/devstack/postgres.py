@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pwd
 import subprocess
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import asyncpg
+import psutil
 
 _RUNTIME = Path(f"/tmp/backoffice-runtime-{os.getuid()}")
 _RUNTIME.mkdir(mode=0o700, exist_ok=True)
@@ -120,12 +122,22 @@ class PostgresServer:
         )  # type: ignore[call-overload]
 
     def kill(self) -> None:
-        """SIGKILL the postmaster, as a crash would; children exit on their own."""
+        """SIGKILL the postmaster, as a crash would; wait for its backends to notice and exit (SIGKILL stragglers)."""
         pid = self.pid()
-        if pid:
-            os.kill(pid, 9)
-            while alive(pid):
-                time.sleep(0.05)
+        if not pid:
+            return
+        try:
+            children = psutil.Process(pid).children(recursive=True)
+        except psutil.Error:
+            children = []
+        os.kill(pid, 9)
+        while alive(pid):
+            time.sleep(0.05)
+        _, stragglers = psutil.wait_procs(children, timeout=10)
+        for proc in stragglers:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(stragglers, timeout=5)
 
 
 async def wait_ready(dsn: str, *, timeout: float = 60.0) -> None:
