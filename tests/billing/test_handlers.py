@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+import pytest
 
 from backoffice import events
 from backoffice.envelope import Envelope, encode, header_map
-from tests.billing.conftest import ADMIN, STAFF, Billing, new_id, record_type, returned, shipped
+from tests.billing.conftest import ADMIN, STAFF, Billing, new_id, record_type, returned, shipped, start_billing
 from tests.conftest import eventually, produce, read_topic
+
+
+@pytest.fixture(scope="module")
+async def billing(make_database: Callable[[str], Awaitable[str]], topics: str) -> AsyncIterator[Billing]:
+    """This module's app runs the dunning timer every half second."""
+    async for b in start_billing(make_database, topics, "billing_handlers", job_interval_s=0.5):
+        yield b
 
 
 def data(record: Any) -> dict[str, Any]:
@@ -162,3 +171,15 @@ class TestDisputesPauseDunning:
             topics, 4, lambda r: r.key == invoice.id.encode() and record_type(r) == "InvoiceOverdue", timeout=2
         )
         assert len(again) == 3
+
+
+class TestDunningTimer:
+    async def test_the_timer_duns_past_due_invoices(self, billing: Billing, topics: str) -> None:
+        issued = datetime.now(UTC) - timedelta(days=32)  # due two days ago
+        invoice = await billing.invoice(shipped(new_id("c"), [("A", 1, 1000)]), at=issued)
+        [notice] = await published(
+            topics, 1, lambda r: r.key == invoice.id.encode() and record_type(r) == "InvoiceOverdue"
+        )
+        assert (data(notice)["dunning_level"], data(notice)["days_overdue"]) == (1, 2)
+        status = (await billing.http.get(f"/invoices/{invoice.id}", headers=STAFF)).json()["status"]
+        assert status == "overdue"
