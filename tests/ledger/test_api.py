@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import httpx
@@ -245,6 +245,11 @@ class TestReversal:
         assert first.status_code == replay.status_code == 201 and first.content == replay.content
         assert first.json()["memo"] == "typo"
         assert datetime.fromisoformat(first.json()["effective_at"]) == T0 + timedelta(days=1)
+
+    async def test_times_are_returned_in_utc(self, client: httpx.AsyncClient) -> None:
+        local = datetime(2026, 3, 1, 12, 0, tzinfo=timezone(timedelta(hours=2)))
+        entry = (await post_entry(client, [("1000", 5), ("4000", -5)], effective_at=local)).json()
+        assert entry["effective_at"] == "2026-03-01T10:00:00Z" and entry["posted_at"].endswith("Z")
 
     async def test_unknown_entry_is_404(self, client: httpx.AsyncClient) -> None:
         problem(await client.post(f"/journal-entries/{uuid.uuid4()}/reverse", headers=WRITE), 404)
