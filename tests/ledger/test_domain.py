@@ -252,6 +252,11 @@ class TestBalances:
         assert domain.balance("liability", debit_minor=100, credit_minor=30) == -70
         assert domain.balance("revenue", debit_minor=10, credit_minor=30) == 20
 
+    def test_running_balances_continue_from_the_opening_per_currency(self) -> None:
+        lines = [("EUR", 10, 0), ("EUR", 0, 4), ("USD", 0, 7), ("USD", 2, 0)]
+        assert domain.running_balances("asset", lines, openings={"EUR": (100, 50)}) == [60, 56, -7, -5]
+        assert domain.running_balances("liability", lines, openings={}) == [-10, -6, 7, 5]
+
     def test_trial_balance_rows_show_the_net_in_one_column(self) -> None:
         assert domain.net_columns(debit_minor=100, credit_minor=30) == (70, 0)
         assert domain.net_columns(debit_minor=10, credit_minor=30) == (0, 20)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from backoffice import events
 from backoffice.errors import Conflict, Unprocessable
@@ -88,74 +88,97 @@ def _require(ok: bool, event: events.Event, detail: str) -> None:
         raise Unprocessable(f"{event.name} cannot be posted: {detail}")
 
 
+Posting = tuple[tuple[Line, ...], datetime, str]  # lines (zero lines left out), effective time, memo
+
+
+def _invoice_issued(event: events.InvoiceIssued, occurred_at: datetime) -> Posting:
+    _require(event.total_minor == event.subtotal_minor + event.tax_minor, event, "total != subtotal + tax")
+    lines = _lines(
+        Line(RECEIVABLE, debit_minor=event.total_minor, party=event.customer_id),
+        Line(SALES, credit_minor=event.subtotal_minor),
+        Line(SALES_TAX, credit_minor=event.tax_minor),
+    )
+    return lines, event.issued_at, f"Invoice {event.number}"
+
+
+def _payment_received(event: events.PaymentReceived, occurred_at: datetime) -> Posting:
+    applied = sum(a.amount_minor for a in event.applied)
+    _require(event.amount_minor == applied + event.unapplied_minor, event, "amount != applied + unapplied")
+    lines = _lines(
+        Line(CASH, debit_minor=event.amount_minor),
+        Line(RECEIVABLE, credit_minor=applied, party=event.customer_id),
+        Line(CUSTOMER_CREDIT, credit_minor=event.unapplied_minor, party=event.customer_id),
+    )
+    return lines, event.received_at, f"Payment {event.reference or event.payment_id}"
+
+
+def _credit_applied(event: events.CreditApplied, occurred_at: datetime) -> Posting:
+    lines = _lines(
+        Line(CUSTOMER_CREDIT, debit_minor=event.amount_minor, party=event.customer_id),
+        Line(RECEIVABLE, credit_minor=event.amount_minor, party=event.customer_id),
+    )
+    return lines, event.applied_at, f"Credit applied to invoice {event.invoice_id}"
+
+
+def _credit_note_issued(event: events.CreditNoteIssued, occurred_at: datetime) -> Posting:
+    _require(event.total_minor == event.subtotal_minor + event.tax_minor, event, "total != subtotal + tax")
+    _require(
+        event.total_minor == event.applied_to_invoice_minor + event.to_customer_credit_minor,
+        event,
+        "total != applied to invoice + to customer credit",
+    )
+    lines = _lines(
+        Line(SALES_RETURNS, debit_minor=event.subtotal_minor),
+        Line(SALES_TAX, debit_minor=event.tax_minor),
+        Line(RECEIVABLE, credit_minor=event.applied_to_invoice_minor, party=event.customer_id),
+        Line(CUSTOMER_CREDIT, credit_minor=event.to_customer_credit_minor, party=event.customer_id),
+    )
+    return lines, event.issued_at, f"Credit note {event.number}"
+
+
+def _bill_received(event: events.BillReceived, occurred_at: datetime) -> Posting:
+    _require(event.total_minor == event.subtotal_minor + event.tax_minor, event, "total != subtotal + tax")
+    lines = _lines(
+        Line(event.expense_account, debit_minor=event.subtotal_minor),
+        Line(INPUT_TAX, debit_minor=event.tax_minor),
+        Line(PAYABLE, credit_minor=event.total_minor, party=event.vendor_id),
+    )
+    return lines, occurred_at, f"Bill {event.bill_number}"  # a bill carries no date of its own
+
+
+def _bill_payment_made(event: events.BillPaymentMade, occurred_at: datetime) -> Posting:
+    lines = _lines(
+        Line(PAYABLE, debit_minor=event.amount_minor, party=event.vendor_id),
+        Line(CASH, credit_minor=event.amount_minor),
+    )
+    return lines, event.paid_at, f"Payment of bill {event.bill_id}"
+
+
+_RULES: Mapping[type[events.Event], Callable[[Any, datetime], Posting]] = {
+    events.InvoiceIssued: _invoice_issued,
+    events.PaymentReceived: _payment_received,
+    events.CreditApplied: _credit_applied,
+    events.CreditNoteIssued: _credit_note_issued,
+    events.BillReceived: _bill_received,
+    events.BillPaymentMade: _bill_payment_made,
+}
+POSTED_EVENTS: tuple[type[events.Event], ...] = tuple(_RULES)
+
+
 def posting_for(event: events.Event, *, occurred_at: datetime) -> Draft | None:
     """The entry a billing event posts (balanced by construction), or None when it posts nothing.
 
     `occurred_at` (the event's time) dates the events that carry no date of their own (BillReceived).
     Raises Unprocessable for an event whose amounts contradict each other: it can never be posted.
     """
-    lines: tuple[Line, ...]
-    match event:
-        case events.InvoiceIssued():
-            _require(event.total_minor == event.subtotal_minor + event.tax_minor, event, "total != subtotal + tax")
-            party = event.customer_id
-            lines = _lines(
-                Line(RECEIVABLE, debit_minor=event.total_minor, party=party),
-                Line(SALES, credit_minor=event.subtotal_minor),
-                Line(SALES_TAX, credit_minor=event.tax_minor),
-            )
-            when, memo = event.issued_at, f"Invoice {event.number}"
-        case events.PaymentReceived():
-            applied = sum(a.amount_minor for a in event.applied)
-            _require(event.amount_minor == applied + event.unapplied_minor, event, "amount != applied + unapplied")
-            party = event.customer_id
-            lines = _lines(
-                Line(CASH, debit_minor=event.amount_minor),
-                Line(RECEIVABLE, credit_minor=applied, party=party),
-                Line(CUSTOMER_CREDIT, credit_minor=event.unapplied_minor, party=party),
-            )
-            when, memo = event.received_at, f"Payment {event.reference or event.payment_id}"
-        case events.CreditApplied():
-            party = event.customer_id
-            lines = _lines(
-                Line(CUSTOMER_CREDIT, debit_minor=event.amount_minor, party=party),
-                Line(RECEIVABLE, credit_minor=event.amount_minor, party=party),
-            )
-            when, memo = event.applied_at, f"Credit applied to invoice {event.invoice_id}"
-        case events.CreditNoteIssued():
-            _require(event.total_minor == event.subtotal_minor + event.tax_minor, event, "total != subtotal + tax")
-            _require(
-                event.total_minor == event.applied_to_invoice_minor + event.to_customer_credit_minor,
-                event,
-                "total != applied to invoice + to customer credit",
-            )
-            party = event.customer_id
-            lines = _lines(
-                Line(SALES_RETURNS, debit_minor=event.subtotal_minor),
-                Line(SALES_TAX, debit_minor=event.tax_minor),
-                Line(RECEIVABLE, credit_minor=event.applied_to_invoice_minor, party=party),
-                Line(CUSTOMER_CREDIT, credit_minor=event.to_customer_credit_minor, party=party),
-            )
-            when, memo = event.issued_at, f"Credit note {event.number}"
-        case events.BillReceived():
-            _require(event.total_minor == event.subtotal_minor + event.tax_minor, event, "total != subtotal + tax")
-            lines = _lines(
-                Line(event.expense_account, debit_minor=event.subtotal_minor),
-                Line(INPUT_TAX, debit_minor=event.tax_minor),
-                Line(PAYABLE, credit_minor=event.total_minor, party=event.vendor_id),
-            )
-            when, memo = occurred_at, f"Bill {event.bill_number}"
-        case events.BillPaymentMade():
-            lines = _lines(
-                Line(PAYABLE, debit_minor=event.amount_minor, party=event.vendor_id),
-                Line(CASH, credit_minor=event.amount_minor),
-            )
-            when, memo = event.paid_at, f"Payment of bill {event.bill_id}"
-        case _:
-            return None
+    rule = _RULES.get(type(event))
+    if rule is None:
+        return None
+    lines, when, memo = rule(event, occurred_at)
     if not lines:
         return None
-    return Draft(currency=event.currency, lines=lines, effective_at=when, source_type=event.name, memo=memo)
+    currency: str = getattr(event, "currency")  # noqa: B009 - every posted event has one
+    return Draft(currency=currency, lines=lines, effective_at=when, source_type=event.name, memo=memo)
 
 
 def expense_account_for(code: str, account: Account | None) -> Account | None:
@@ -280,6 +303,19 @@ def net_columns(*, debit_minor: int, credit_minor: int) -> tuple[int, int]:
     """A trial-balance row: the net amount in the debit or the credit column."""
     net = debit_minor - credit_minor
     return (net, 0) if net >= 0 else (0, -net)
+
+
+def running_balances(
+    account_type: str, lines: Iterable[tuple[str, int, int]], *, openings: Mapping[str, tuple[int, int]]
+) -> list[int]:
+    """The balance after each (currency, debit, credit) line, per currency, from the debits and credits before."""
+    totals = dict(openings)
+    out = []
+    for currency, debit, credit in lines:
+        debits, credits = totals.get(currency, (0, 0))
+        totals[currency] = (debits + debit, credits + credit)
+        out.append(balance(account_type, debit_minor=debits + debit, credit_minor=credits + credit))
+    return out
 
 
 # --- reconciliation -------------------------------------------------------------------------------------------

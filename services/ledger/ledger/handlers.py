@@ -10,15 +10,6 @@ from backoffice.db import Conn
 from backoffice.envelope import Envelope
 from ledger import domain, store
 
-POSTED: tuple[type[events.Event], ...] = (
-    events.InvoiceIssued,
-    events.PaymentReceived,
-    events.CreditApplied,
-    events.CreditNoteIssued,
-    events.BillReceived,
-    events.BillPaymentMade,
-)
-
 
 async def on_billing_event(conn: Conn, envelope: Envelope) -> None:
     """Post the event's entry and announce it; a redelivered event id posts nothing (unique source_event_id)."""
@@ -36,4 +27,4 @@ async def on_billing_event(conn: Conn, envelope: Envelope) -> None:
         await outbox.append(conn, domain.posted_event(entry))
 
 
-HANDLERS: dict[type[events.Event], Handler] = {cls: on_billing_event for cls in POSTED}
+HANDLERS: dict[type[events.Event], Handler] = {cls: on_billing_event for cls in domain.POSTED_EVENTS}

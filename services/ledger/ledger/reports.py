@@ -93,7 +93,8 @@ async def general_ledger(
     cursor: Cursor = None,
 ) -> Page[schemas.LedgerLine]:
     after = _ledger_cursor(cursor)
-    async with request.app.state.pool.acquire() as conn:
+    pool = request.app.state.pool
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):  # one snapshot
         account = await _account(conn, code)
         lines = await store.ledger_lines(
             conn, account=code, currency=currency, start=start, end=end or events.now(), after=after, limit=limit + 1
@@ -104,26 +105,25 @@ async def general_ledger(
                 openings[line.currency] = await store.totals_before(
                     conn, account=code, currency=line.currency, effective_at=line.effective_at, line_id=line.id
                 )
-    items = []
-    for line in lines:
-        debits, credits = openings.get(line.currency, (0, 0))
-        debits, credits = debits + line.debit_minor, credits + line.credit_minor
-        openings[line.currency] = (debits, credits)
-        items.append(
-            schemas.LedgerLine(
-                line_id=line.id,
-                entry_id=line.entry_id,
-                currency=line.currency,
-                effective_at=line.effective_at,
-                posted_at=line.posted_at,
-                source_type=line.source_type,
-                memo=line.memo,
-                debit_minor=line.debit_minor,
-                credit_minor=line.credit_minor,
-                party=line.party,
-                balance_minor=domain.balance(account.type, debit_minor=debits, credit_minor=credits),
-            )
+    balances = domain.running_balances(
+        account.type, [(li.currency, li.debit_minor, li.credit_minor) for li in lines], openings=openings
+    )
+    items = [
+        schemas.LedgerLine(
+            line_id=line.id,
+            entry_id=line.entry_id,
+            currency=line.currency,
+            effective_at=line.effective_at,
+            posted_at=line.posted_at,
+            source_type=line.source_type,
+            memo=line.memo,
+            debit_minor=line.debit_minor,
+            credit_minor=line.credit_minor,
+            party=line.party,
+            balance_minor=running,
         )
+        for line, running in zip(lines, balances, strict=True)
+    ]
     return page(items, limit=limit, key=lambda i: [i.currency, i.effective_at.isoformat(), i.line_id])
 
 
