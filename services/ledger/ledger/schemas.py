@@ -185,9 +185,9 @@ class Difference(BaseModel):
 
 
 class Reconciliation(BaseModel):
-    as_of: datetime
-    checked: int
-    differences: list[Difference]
+    as_of: datetime = Field(description="when billing's figures were taken")
+    checked: int = Field(description="(kind, party, currency) balances compared, non-zero on either side")
+    differences: list[Difference] = Field(description="empty when the ledger and billing agree")
 
 
 # --- billing's answer (GET /reports/balances) -----------------------------------------------------------------
