@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -239,30 +240,31 @@ class TestCreditNotes:
 class TestDunning:
     def test_nothing_before_a_full_day_past_due(self) -> None:
         inv = invoice([("A", 1, 100)])
-        same, notices = domain.dun(inv, as_of=inv.due_at, emitted=frozenset(), disputed=False)
+        same, notices = domain.dun(inv, as_of=inv.due_at, emitted=frozenset())
         assert (same, notices) == (inv, [])
-        overdue, notices = domain.dun(inv, as_of=inv.due_at + timedelta(hours=5), emitted=frozenset(), disputed=False)
+        overdue, notices = domain.dun(inv, as_of=inv.due_at + timedelta(hours=5), emitted=frozenset())
         assert (overdue.status, overdue.dunning_level, notices) == ("overdue", 0, [])
 
     @pytest.mark.parametrize(("days", "levels"), [(1, [1]), (14, [1]), (15, [1, 2]), (30, [1, 2, 3]), (40, [1, 2, 3])])
     def test_every_level_reached_and_not_yet_announced_in_order(self, days: int, levels: list[int]) -> None:
         inv = invoice([("A", 1, 100)])
-        dunned, notices = domain.dun(inv, as_of=inv.due_at + timedelta(days=days), emitted=frozenset(), disputed=False)
+        dunned, notices = domain.dun(inv, as_of=inv.due_at + timedelta(days=days), emitted=frozenset())
         assert [n.dunning_level for n in notices] == levels
         assert {n.days_overdue for n in notices} == {days}
         assert dunned.dunning_level == levels[-1]
 
     def test_levels_already_announced_are_not_repeated(self) -> None:
         inv = invoice([("A", 1, 100)])
-        _, notices = domain.dun(inv, as_of=inv.due_at + timedelta(days=31), emitted=frozenset({1, 2}), disputed=False)
+        _, notices = domain.dun(inv, as_of=inv.due_at + timedelta(days=31), emitted=frozenset({1, 2}))
         assert [n.dunning_level for n in notices] == [3]
 
     def test_disputed_or_settled_invoices_are_left_alone(self) -> None:
         inv = invoice([("A", 1, 100)])
         late = inv.due_at + timedelta(days=40)
-        assert domain.dun(inv, as_of=late, emitted=frozenset(), disputed=True) == (inv, [])
+        disputed = replace(inv, disputed=True)
+        assert domain.dun(disputed, as_of=late, emitted=frozenset()) == (disputed, [])
         paid = domain.apply_payment(payment(120), [inv]).invoices[0]
-        assert domain.dun(paid, as_of=late, emitted=frozenset(), disputed=False) == (paid, [])
+        assert domain.dun(paid, as_of=late, emitted=frozenset()) == (paid, [])
 
 
 class TestAging:

@@ -66,6 +66,7 @@ class Invoice:
     status: str = "open"
     dunning_level: int = 0
     closed_at: datetime | None = None
+    disputed: bool = False  # under an open dispute raised through support
 
     @property
     def balance_minor(self) -> int:
@@ -341,14 +342,12 @@ def days_overdue(due_at: datetime, as_of: datetime) -> int:
     return max(0, (as_of - due_at) // timedelta(days=1))
 
 
-def dun(
-    invoice: Invoice, *, as_of: datetime, emitted: frozenset[int], disputed: bool
-) -> tuple[Invoice, list[events.InvoiceOverdue]]:
+def dun(invoice: Invoice, *, as_of: datetime, emitted: frozenset[int]) -> tuple[Invoice, list[events.InvoiceOverdue]]:
     """Mark a past-due invoice overdue and announce every dunning level reached and not yet announced, in order.
 
     An invoice under an open dispute, settled, or not yet past due is left as it is.
     """
-    if disputed or invoice.status in CLOSED or invoice.balance_minor == 0 or as_of <= invoice.due_at:
+    if invoice.disputed or invoice.status in CLOSED or invoice.balance_minor == 0 or as_of <= invoice.due_at:
         return invoice, []
     days = days_overdue(invoice.due_at, as_of)
     due_levels = [level for level, after in DUNNING_LEVELS if days >= after and level not in emitted]

@@ -18,9 +18,8 @@ async def dun_invoice(conn: Conn, *, invoice_id: str, as_of: datetime) -> tuple[
     invoice = await store.lock_invoice(conn, invoice_id=invoice_id)
     if invoice is None:
         return False, 0, False
-    disputed = await store_dunning.has_open_dispute(conn, invoice_id=invoice_id)
     emitted = await store_dunning.dunning_levels(conn, invoice_id=invoice_id)
-    dunned, notices = domain.dun(invoice, as_of=as_of, emitted=emitted, disputed=disputed)
+    dunned, notices = domain.dun(invoice, as_of=as_of, emitted=emitted)
     days = domain.days_overdue(invoice.due_at, as_of)
     recorded = await store_dunning.record_notices(
         conn, invoice_id=invoice_id, levels=[n.dunning_level for n in notices], days=days, as_of=as_of
@@ -29,7 +28,7 @@ async def dun_invoice(conn: Conn, *, invoice_id: str, as_of: datetime) -> tuple[
     if dunned != invoice:
         await store.update_invoice(conn, invoice=dunned)
     await outbox.append_many(conn, notices)
-    return invoice.status != "overdue" and dunned.status == "overdue", len(notices), disputed
+    return invoice.status != "overdue" and dunned.status == "overdue", len(notices), invoice.disputed
 
 
 async def run_dunning(pool: asyncpg.Pool, *, as_of: datetime) -> DunningRun:

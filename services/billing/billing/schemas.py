@@ -109,6 +109,7 @@ class InvoiceOut(BaseModel):
     issued_at: datetime
     due_at: datetime
     dunning_level: int
+    disputed: bool = Field(description="under an open dispute: dunning is paused")
 
     @classmethod
     def of(cls, invoice: Invoice) -> InvoiceOut:

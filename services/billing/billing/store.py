@@ -19,7 +19,8 @@ from billing.domain import CreditNote, Invoice, PaymentIn
 _INVOICE = (
     "seq, id, number, customer_id, order_id, shipment_id, currency, lines, tax_rate_bps, subtotal_minor, tax_minor,"
     " total_minor, paid_minor, credit_applied_minor, credited_minor, status, dunning_level, issued_at, due_at,"
-    " closed_at"
+    " closed_at, EXISTS (SELECT 1 FROM disputes d WHERE d.invoice_id = invoices.id::text AND d.resolved_at IS NULL)"
+    " AS disputed"
 )
 
 
@@ -44,6 +45,7 @@ def _invoice(row: asyncpg.Record) -> Invoice:
         issued_at=row["issued_at"],
         due_at=row["due_at"],
         closed_at=row["closed_at"],
+        disputed=row["disputed"],
     )
 
 

@@ -30,14 +30,6 @@ async def resolve_dispute(conn: Conn, *, ticket_id: str, invoice_id: str, custom
     )
 
 
-async def has_open_dispute(conn: Conn, *, invoice_id: str) -> bool:
-    return bool(
-        await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM disputes WHERE invoice_id = $1 AND resolved_at IS NULL)", invoice_id
-        )
-    )
-
-
 async def dunning_candidates(conn: Conn, *, as_of: datetime) -> list[str]:
     """Ids of invoices past due on `as_of` that still owe something and have a dunning level to reach."""
     rows = await conn.fetch(
