@@ -220,6 +220,10 @@ class TestReversal:
             ("2100", 20, 0, None),
         ]
 
+    def test_a_future_dated_entry_is_reversed_on_its_own_date_by_default(self) -> None:
+        reversal = domain.reverse(_entry(), entry_id=uuid.uuid4(), posted_at=T0 - timedelta(1), already_reversed=False)
+        assert reversal.effective_at == T0
+
     def test_an_entry_is_reversed_once(self) -> None:
         with pytest.raises(Conflict, match="already been reversed"):
             domain.reverse(_entry(), entry_id=uuid.uuid4(), posted_at=LATER, already_reversed=True)

@@ -255,7 +255,7 @@ def reverse(
         )
     if already_reversed:
         raise Conflict(f"entry {original.id} has already been reversed; an entry is reversed once")
-    when = effective_at or posted_at
+    when = effective_at or max(posted_at, original.effective_at)  # by default now, never before the original
     if when < original.effective_at:
         raise Unprocessable("a reversal cannot take effect before the entry it reverses", field="body.effective_at")
     swapped = tuple(
