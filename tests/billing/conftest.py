@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from backoffice import events
 from backoffice.envelope import header_map
+from backoffice.topics import delete_topics, ensure_topics
 from billing import domain, handlers
 from billing.app import create_app
 from billing.settings import Settings
@@ -121,6 +122,16 @@ async def start_billing(
     app = create_app(settings)
     async with running(app) as http:
         yield Billing(app=app, http=http, settings=settings)
+
+
+@pytest.fixture(scope="package")
+async def topics(topics: str) -> AsyncIterator[str]:
+    """Topics of billing's tests alone, so the events they make never reach other services' consumers
+    (the ledger's, or the end-to-end fleet's, which share the session's prefix)."""
+    prefix = f"{topics}bt."
+    await ensure_topics(BOOTSTRAP, prefix=prefix, partitions=3)
+    yield prefix
+    await delete_topics(BOOTSTRAP, prefix=prefix)
 
 
 @pytest.fixture(scope="module")
