@@ -12,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from backoffice import events
 from backoffice.errors import Conflict, Unprocessable
-from billing import domain, payables
+from billing import aging, domain, payables
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -283,10 +283,10 @@ class TestAging:
         ],
     )
     def test_buckets_by_whole_days_past_due(self, days: int, bucket: str) -> None:
-        assert domain.aging_bucket(T0, T0 + timedelta(days=days, minutes=1)) == bucket
+        assert aging.aging_bucket(T0, T0 + timedelta(days=days, minutes=1)) == bucket
 
     def test_sums_per_party_and_currency(self) -> None:
-        rows = domain.age(
+        rows = aging.age(
             [
                 ("a", "EUR", T0, 100),
                 ("a", "EUR", T0 - timedelta(days=40), 50),

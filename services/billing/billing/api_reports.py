@@ -6,16 +6,16 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
 
-from billing import domain, schemas, store, store_payables, store_reports
+from billing import aging, schemas, store, store_payables, store_reports
 from billing.deps import AsOf, CurrencyQuery, CustomerQuery, Read, staff_only
 
 router = APIRouter(prefix="/reports", tags=["reports"])
 
 
-def _totals(rows: list[domain.AgingRow]) -> list[schemas.AgingOut]:
+def _totals(rows: list[aging.AgingRow]) -> list[schemas.AgingOut]:
     by_currency: dict[str, dict[str, int]] = {}
     for row in rows:
-        buckets = by_currency.setdefault(row.currency, dict.fromkeys(domain.AGING_BUCKETS, 0))
+        buckets = by_currency.setdefault(row.currency, dict.fromkeys(aging.AGING_BUCKETS, 0))
         for name, amount in row.buckets.items():
             buckets[name] += amount
     return [
@@ -35,7 +35,7 @@ async def ar_aging(
     items = await store_reports.open_invoice_items(
         request.app.state.pool, as_of=when, currency=currency, customer_id=principal.scope_customer(customer_id)
     )
-    rows = domain.age(items, as_of=when)
+    rows = aging.age(items, as_of=when)
     return schemas.AgingReport(
         as_of=when,
         currency=currency,
@@ -51,7 +51,7 @@ async def ap_aging(
     staff_only(principal)
     when = as_of or datetime.now(UTC)
     items = await store_payables.open_bill_items(request.app.state.pool, as_of=when, currency=currency)
-    rows = domain.age(items, as_of=when)
+    rows = aging.age(items, as_of=when)
     return schemas.AgingReport(
         as_of=when,
         currency=currency,

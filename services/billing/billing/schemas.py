@@ -8,7 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
-from billing.domain import AGING_BUCKETS, AgingRow, Invoice
+from billing.aging import AGING_BUCKETS, AgingRow
+from billing.domain import Invoice
 from billing.payables import Bill
 
 MAX_MINOR = 10**15  # far below bigint, so sums of many amounts never overflow
