@@ -27,7 +27,7 @@ $(STAMP): $(PYPROJECTS)
 setup: $(STAMP)
 
 run: $(STAMP)
-	@$(BIN)/devstack run
+	@$(BIN)/devstack run --replicas $(or $(REPLICAS),1)
 
 test: $(STAMP)
 	@$(BIN)/devstack test $(PYTEST_ARGS)

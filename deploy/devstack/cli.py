@@ -72,20 +72,28 @@ def service_command(service: str, port: int) -> list[str]:
 
 
 def _stream(name: str, stream: object) -> None:
-    color = COLORS.get(name, "")
+    color = COLORS.get(name.split("-")[0], "")
     for raw in iter(stream.readline, b""):  # type: ignore[attr-defined]
         sys.stdout.write(f"{color}{name:>8} |\033[0m {raw.decode(errors='replace')}")
         sys.stdout.flush()
 
 
+def instances(replicas: int) -> list[tuple[str, str, int]]:
+    """(label, service, port) of every process `make run` starts: replica n listens on the base port + 100 (n - 1)."""
+    out = []
+    for n in range(1, replicas + 1):
+        for service in SERVICES:
+            base = int(os.environ.get(f"{service.name.upper()}_PORT", service.port))
+            label = service.name if n == 1 else f"{service.name}-{n}"
+            out.append((label, service.name, base + 100 * (n - 1)))
+    return out
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     profile = PROFILES["dev"]
-    for service in SERVICES:
-        port = int(os.environ.get(f"{service.name.upper()}_PORT", service.port))
+    for label, _, port in instances(args.replicas):
         if not port_free(port):
-            raise SetupError(
-                f"port {port} for {service.name} is already taken; stop what uses it or set {service.name.upper()}_PORT"
-            )
+            raise SetupError(f"port {port} for {label} is already taken; stop what uses it or set <SERVICE>_PORT")
     infra = _up(profile)
     print(f"PostgreSQL and Kafka are up ({infra.timings['infra_ready_s']:.1f}s)", flush=True)
     procs: list[subprocess.Popen[bytes]] = []
@@ -97,17 +105,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        for service in SERVICES:
-            port = int(os.environ.get(f"{service.name.upper()}_PORT", service.port))
+        for label, service_name, port in instances(args.replicas):
             proc = subprocess.Popen(
-                service_command(service.name, port),
-                env=service_env(infra, service=service.name, port=port),
+                service_command(service_name, port),
+                env=service_env(infra, service=service_name, port=port),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
             procs.append(proc)
-            threading.Thread(target=_stream, args=(service.name, proc.stdout), daemon=True).start()
+            threading.Thread(target=_stream, args=(label, proc.stdout), daemon=True).start()
         secret = os.environ.get("BACKOFFICE_JWT_SECRET", DEV_JWT_SECRET)
         token = issue_token(
             secret,
@@ -119,9 +126,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             + " inventory:write",
         )
         print("\nservices:")
-        for service in SERVICES:
-            port = int(os.environ.get(f"{service.name.upper()}_PORT", service.port))
-            print(f"  {service.name:<8} http://127.0.0.1:{port}  (docs: http://127.0.0.1:{port}/docs)")
+        for label, _, port in instances(args.replicas):
+            print(f"  {label:<10} http://127.0.0.1:{port}  (docs: http://127.0.0.1:{port}/docs)")
         print(f"\ndevelopment token (all scopes, 12 h):\n  {token}\n\nCtrl-C stops everything.\n", flush=True)
         while not stopping:
             time.sleep(0.5)
@@ -205,6 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         p.set_defaults(func=func)
     run = sub.add_parser("run", help="infrastructure and the four services in the foreground")
     run.add_argument("--keep-infra", action="store_true")
+    run.add_argument(
+        "--replicas",
+        type=int,
+        default=int(os.environ.get("REPLICAS", "1") or 1),
+        help="instances of each service, sharing consumer groups and outboxes",
+    )
     run.set_defaults(func=cmd_run)
     test = sub.add_parser("test", help="test infrastructure, pytest, then stop what was started")
     test.add_argument("pytest_args", nargs=argparse.REMAINDER)

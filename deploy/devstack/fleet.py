@@ -83,20 +83,24 @@ class Fleet:
     env: dict[str, str]
     ports: dict[str, int]
     logs: Path
+    replicas: int = 1
     services: dict[str, ServiceProcess] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        """Replica 1 of a service is keyed by its name, the others `<name>-<n>` (ports from `ports` too)."""
         billing = f"http://127.0.0.1:{self.ports['billing']}"
-        for service in SERVICES:
-            port = self.ports[service.name]
-            env = {
-                **os.environ,
-                **self.env,
-                f"{service.name.upper()}_PORT": str(port),
-                "LEDGER_BILLING_URL": billing,
-                "PYTHONUNBUFFERED": "1",
-            }
-            self.services[service.name] = ServiceProcess(service.name, port, env, self.logs / f"{service.name}.log")
+        for n in range(1, self.replicas + 1):
+            for service in SERVICES:
+                key = service.name if n == 1 else f"{service.name}-{n}"
+                port = self.ports[key]
+                env = {
+                    **os.environ,
+                    **self.env,
+                    f"{service.name.upper()}_PORT": str(port),
+                    "LEDGER_BILLING_URL": billing,
+                    "PYTHONUNBUFFERED": "1",
+                }
+                self.services[key] = ServiceProcess(service.name, port, env, self.logs / f"{key}.log")
 
     def url(self, name: str) -> str:
         return self.services[name].url

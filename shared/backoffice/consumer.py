@@ -17,7 +17,7 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from backoffice import context
 from backoffice.db import Conn
@@ -33,6 +33,7 @@ Handler = Callable[[Conn, Envelope], Awaitable[None]]
 
 APPLIED = Counter("consumer_events_applied_total", "Events applied", ["group", "type"])
 DUPLICATES = Counter("consumer_events_duplicate_total", "Re-deliveries skipped by the inbox", ["group"])
+ASSIGNED = Gauge("consumer_assigned_partitions", "Partitions this process consumes now", ["group"])
 DEAD_LETTERED = Counter("consumer_events_dead_lettered_total", "Records sent to the dead-letter topic", ["group"])
 RETRIES = Counter("consumer_batch_retries_total", "Batches retried after a transient failure", ["group"])
 
@@ -154,6 +155,7 @@ class Consumer:
         """Fetch and apply one batch per partition; return the number of records handled."""
         assert self._consumer is not None
         batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=self.batch_size)
+        ASSIGNED.labels(self.group).set(len(self._consumer.assignment()))
         handled = 0
         for tp, records in batches.items():
             if not records:

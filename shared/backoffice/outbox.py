@@ -30,6 +30,7 @@ _PRESENCE = 7_310_099
 log = structlog.get_logger("outbox")
 
 OLDEST_UNSENT = Gauge("outbox_oldest_unsent_age_seconds", "Age of the oldest outbox row not yet published")
+LANES_HELD = Gauge("outbox_relay_lanes", "Outbox lanes this process relays now")
 PUBLISHED = Counter("outbox_published_total", "Outbox rows published to Kafka")
 RELAY_ERRORS = Counter("outbox_relay_errors_total", "Relay cycles that failed and were retried")
 
@@ -190,6 +191,12 @@ class Relay:
 
     async def _balance_lanes(self) -> None:
         """Hold a fair share of the lanes: release extras, try to take free ones."""
+        try:
+            await self._rebalance_lanes()
+        finally:
+            LANES_HELD.set(len(self.lanes))
+
+    async def _rebalance_lanes(self) -> None:
         assert self._conn is not None
         relays = (
             await self._conn.fetchval(
