@@ -14,6 +14,7 @@ help:
 	@echo "make test        run the tests against a real PostgreSQL and Kafka"
 	@echo "make check       ruff and mypy"
 	@echo "make infra-up    start PostgreSQL and Kafka in the background (make infra-down stops them)"
+	@echo "make bench       each hot path against its bare baseline on a private stack (.run/reports/bench.json)"
 	@echo "make clean       stop everything and remove .run/ and .venv/"
 
 $(STAMP): $(PYPROJECTS)
@@ -57,6 +58,9 @@ clean:
 
 chaos: $(STAMP)
 	$(BIN)/devstack chaos --orders $(or $(ORDERS),2000) $(if $(SEED),--seed $(SEED),)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 docs: $(STAMP)
 	$(BIN)/backoffice docs --out docs

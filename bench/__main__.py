@@ -1,0 +1,226 @@
+"""`python -m bench [--quick] [--only NAME ...]`: run the pairs, print the table, write `.run/reports/bench.json`.
+
+Every pair runs twice: with PostgreSQL's default `synchronous_commit=on`, then with `off` (the second column).
+Within a mode, ours and the baseline alternate (warm-up first, then `repeats` each) and the medians are compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from bench import http_pairs, report
+from bench.ledger_post import LedgerBench
+from bench.messaging import ConsumerBench, RelayBench, Timed
+from bench.report import Pair, figures
+from bench.stack import Stack
+from devstack.config import ROOT, RUN_DIR
+
+MODES = {"sync_on": True, "sync_off": False}
+TARGETS = {
+    "http_place_order": ("orders/s", ">= 0.75"),
+    "outbox_relay": ("events/s", ">= 0.5"),
+    "consumer_apply": ("events/s", ">= 0.7"),
+    "ledger_post": ("entries/s", ">= 0.6"),
+    "ledger_post_hot_account": ("entries/s", ">= 0.5"),
+    "order_to_ledger_p99": ("ms", "<= 250"),
+    "pipeline_max_rate": ("orders/s", ">= 0.3"),
+}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    repeats: int
+    relay_events: int
+    consumer_events: int
+    ledger_entries: int
+    http_s: float
+    latency_s: float
+    step_s: float
+    p99_s: float
+
+    @classmethod
+    def of(cls, quick: bool) -> Sizes:
+        if quick:
+            return cls(1, 300, 300, 120, 2.0, 2.0, 3.0, 3.0)
+        return cls(3, 10000, 6000, 2400, 8.0, 8.0, 8.0, 15.0)
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+async def alternate(
+    sizes: Sizes, ours: Callable[[int], Awaitable[Timed]], baseline: Callable[[int], Awaitable[Timed]], count: int
+) -> tuple[list[Timed], list[Timed]]:
+    """A small warm-up of each, then ours and the baseline in turn, `repeats` times."""
+    await ours(max(50, count // 10))
+    await baseline(max(50, count // 10))
+    mine, theirs = [], []
+    for _ in range(sizes.repeats):
+        mine.append(await ours(count))
+        theirs.append(await baseline(count))
+    return mine, theirs
+
+
+def _timed_figures(name: str, mine: list[Timed], theirs: list[Timed]) -> report.Figures:
+    f = figures(TARGETS[name][1], [t.rate for t in mine], [t.rate for t in theirs])
+    f.cpu_cores, f.baseline_cpu_cores = mine[-1].cpu, theirs[-1].cpu
+    return f
+
+
+class Bench:
+    def __init__(self, stack: Stack, sizes: Sizes, only: set[str]) -> None:
+        self.stack = stack
+        self.sizes = sizes
+        self.only = only
+        self.pairs = {name: Pair(name, unit, target) for name, (unit, target) in TARGETS.items()}
+
+    def wanted(self, *names: str) -> bool:
+        return not self.only or bool(self.only.intersection(names))
+
+    async def messaging(self, mode: str) -> None:
+        s = self.sizes
+        if self.wanted("outbox_relay"):
+            relay = RelayBench(self.stack, await self.stack.database("bench_relay"), f"bench-{mode}.")
+            from backoffice.topics import ensure_topics
+
+            await ensure_topics(self.stack.bootstrap, prefix=relay.prefix, partitions=6)
+            mine, theirs = await alternate(s, relay.ours, relay.baseline, s.relay_events)
+            self._set("outbox_relay", mode, _timed_figures("outbox_relay", mine, theirs))
+        if self.wanted("consumer_apply"):
+            consumer = ConsumerBench(self.stack, await self.stack.database("bench_consumer"))
+            mine, theirs = await alternate(s, consumer.ours, consumer.baseline, s.consumer_events)
+            self._set("consumer_apply", mode, _timed_figures("consumer_apply", mine, theirs))
+        if self.wanted("ledger_post", "ledger_post_hot_account"):
+            ledger = await LedgerBench.create(self.stack)
+            mine, theirs = await alternate(s, ledger.ours, ledger.baseline, s.ledger_entries)
+            self._set("ledger_post", mode, _timed_figures("ledger_post", mine, theirs))
+            hot = [await ledger.ours(s.ledger_entries, hot=True) for _ in range(s.repeats)]
+            self._set("ledger_post_hot_account", mode, _timed_figures("ledger_post_hot_account", hot, mine))
+            self.pairs["ledger_post_hot_account"].modes[mode].note = "baseline: ours, spread over many accounts"
+
+    async def http(self, mode: str, client: http_pairs.Http) -> None:
+        s = self.sizes
+        await http_pairs.throughput(client, ours=True, seconds=2)
+        await http_pairs.throughput(client, ours=False, seconds=2)
+        mine, theirs = [], []
+        for _ in range(s.repeats):
+            mine.append(await http_pairs.throughput(client, ours=True, seconds=s.http_s))
+            theirs.append(await http_pairs.throughput(client, ours=False, seconds=s.http_s))
+        for t in mine + theirs:
+            if t.errors:
+                say(f"  http errors: {t.errors} ({t.first_error})")
+        f = figures(TARGETS["http_place_order"][1], [t.rate for t in mine], [t.rate for t in theirs])
+        f.cpu_cores, f.baseline_cpu_cores = mine[-1].cpu, theirs[-1].cpu
+        rate = f.ours / 2
+        ours_lat = await http_pairs.latency(client, ours=True, rate=rate, seconds=s.latency_s)
+        base_lat = await http_pairs.latency(client, ours=False, rate=rate, seconds=s.latency_s)
+        f.p50_ms, f.p99_ms = round(ours_lat.p(50), 1), round(ours_lat.p(99), 1)
+        f.baseline_p50_ms, f.baseline_p99_ms = round(base_lat.p(50), 1), round(base_lat.p(99), 1)
+        f.note = f"latency open-loop at {rate:.0f}/s (half of ours' throughput), {WORKERS_NOTE}"
+        self._set("http_place_order", mode, f)
+        if self.wanted("pipeline_max_rate", "order_to_ledger_p99"):
+            await self.pipeline(mode, client, http_rate=f.ours)
+
+    async def pipeline(self, mode: str, client: http_pairs.Http, *, http_rate: float) -> None:
+        s = self.sizes
+        best, steps = await http_pairs.max_rate(client, start=0.1 * http_rate, ceiling=http_rate, seconds=s.step_s)
+        f = figures(TARGETS["pipeline_max_rate"][1], [best], [http_rate])
+        f.note = "steps: " + "; ".join(
+            f"{st.rate:.1f}/s {'kept up' if st.sustained else 'fell behind'} p99 {st.p(99):.0f} ms" for st in steps
+        )
+        sustained = [st for st in steps if st.sustained]
+        if sustained:
+            f.p50_ms, f.p99_ms = round(sustained[-1].p(50), 1), round(sustained[-1].p(99), 1)
+            f.cpu_cores = sustained[-1].cpu
+        self._set("pipeline_max_rate", mode, f)
+        half = max(best / 2, 1.0)
+        step = await http_pairs.pipeline_step(client, rate=half, seconds=s.p99_s)
+        p99 = figures(TARGETS["order_to_ledger_p99"][1], [step.p(99)], None, kind="value")
+        p99.p50_ms, p99.p99_ms, p99.cpu_cores = round(step.p(50), 1), round(step.p(99), 1), step.cpu
+        p99.note = f"open-loop at {half:.1f} orders/s; {step.posted}/{step.sent} entries posted, {step.errors} errors"
+        self._set("order_to_ledger_p99", mode, p99)
+
+    def _set(self, name: str, mode: str, f: report.Figures) -> None:
+        self.pairs[name].modes[mode] = f
+        say(f"  {name} [{mode}]: ours {f.ours} baseline {f.baseline} ratio {f.ratio} met {f.met}")
+
+    async def run(self, modes: list[str]) -> list[Pair]:
+        await self.stack.start()
+        say(f"stack up: PostgreSQL :{self.stack.pg.port}, Kafka {self.stack.bootstrap}")
+        if self.wanted("outbox_relay", "consumer_apply", "ledger_post", "ledger_post_hot_account"):
+            for mode in modes:
+                await self.stack.set_synchronous_commit(MODES[mode])
+                await self.messaging(mode)
+        if self.wanted("http_place_order", "pipeline_max_rate", "order_to_ledger_p99"):
+            await self.stack.start_fleet()
+            client = http_pairs.Http(self.stack)
+            await client.seed()
+            say("services up and catalogue seeded")
+            for mode in modes:
+                await self.stack.set_synchronous_commit(MODES[mode])
+                await self.http(mode, client)
+        return [p for p in self.pairs.values() if p.modes]
+
+
+WORKERS_NOTE = f"throughput closed-loop with {http_pairs.WORKERS} keep-alive clients"
+
+
+def _meta(started: float, sizes: Sizes) -> dict[str, Any]:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return {
+        "commit": commit,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "seconds": round(time.monotonic() - started, 1),
+        "sizes": sizes.__dict__,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: shows the harness works, measures nothing")
+    parser.add_argument("--only", nargs="*", default=[], choices=sorted(TARGETS), help="run only these pairs")
+    parser.add_argument("--modes", nargs="*", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--out", type=Path, default=RUN_DIR / "reports" / "bench.json")
+    parser.add_argument("--state", type=Path, default=RUN_DIR / "bench")
+    args = parser.parse_args(argv)
+    sizes = Sizes.of(args.quick)
+    started = time.monotonic()
+    stack = Stack(args.state)
+
+    def on_term(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    bench = Bench(stack, sizes, set(args.only))
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            pairs = runner.run(bench.run(args.modes))
+    except KeyboardInterrupt:
+        say("interrupted: stopping the bench stack")
+        return 130
+    finally:
+        stack.stop()
+    report.write(pairs, args.out, meta=_meta(started, sizes))
+    print(report.table(pairs))
+    print(f"\nwritten: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""`http_place_order`, `pipeline_max_rate` and `order_to_ledger_p99`: the services as processes, driven over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import asyncpg
+import orjson
+
+from backoffice.auth import issue_token
+from backoffice.settings import DEV_JWT_SECRET
+from bench.loadgen import Client, Run, closed_loop, open_loop, percentile
+from bench.stack import CpuMeter, Stack
+
+SKUS = [f"BENCH-{n:03d}" for n in range(200)]
+TOKEN = issue_token(
+    DEV_JWT_SECRET,
+    sub="bench",
+    ttl=6 * 3600,
+    scopes="orders:read orders:write inventory:write billing:read ledger:read",
+)
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+WORKERS = 16
+
+
+def order_body(n: int, *, customer: str) -> dict[str, object]:
+    rng = random.Random(n)
+    skus = rng.sample(SKUS, rng.choice((1, 2)))
+    return {
+        "customer_id": customer,
+        "currency": "EUR",
+        "shipping_address": "1 Bench Road",
+        "lines": [{"sku": sku, "quantity": rng.randint(1, 3)} for sku in skus],
+    }
+
+
+@dataclass
+class Http:
+    stack: Stack
+    orders: Client = field(init=False)
+    baseline: Client = field(init=False)
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+
+    def __post_init__(self) -> None:
+        assert self.stack.fleet is not None and self.stack.baseline is not None
+        self.orders = Client(self.stack.fleet.services["orders"].port)
+        self.baseline = Client(self.stack.baseline.port)
+
+    async def seed(self) -> None:
+        for n, sku in enumerate(SKUS):
+            body = {"sku": sku, "name": f"Item {n}", "unit_price_minor": 500 + n, "currency": "EUR", "on_hand": 10**9}
+            status, text = await self.orders.request(
+                "POST", "/products", body=body, headers={**AUTH, "Idempotency-Key": f"seed-{sku}"}
+            )
+            if status not in (200, 201):
+                raise RuntimeError(f"seeding {sku}: {status} {text[:200]!r}")
+
+    async def place(self, client: Client, n: int, customer: str) -> tuple[int, bytes]:
+        headers = {**AUTH, "Idempotency-Key": f"{self.tag}-{customer}-{n}"}
+        return await client.request("POST", "/orders", body=order_body(n, customer=customer), headers=headers)
+
+    async def place_ours(self, n: int) -> bool:
+        status, _ = await self.place(self.orders, n, f"h{self.tag}")
+        return status == 201
+
+    async def place_baseline(self, n: int) -> bool:
+        status, _ = await self.place(self.baseline, n, f"h{self.tag}")
+        return status == 201
+
+
+# --- http_place_order -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Throughput:
+    rate: float
+    cpu: dict[str, float]
+    errors: int
+    first_error: str
+
+
+async def throughput(http: Http, *, ours: bool, seconds: float) -> Throughput:
+    op = http.place_ours if ours else http.place_baseline
+    meter = CpuMeter(http.stack.processes())
+    run = await closed_loop(op, workers=WORKERS, seconds=seconds)
+    return Throughput(run.rate, meter.cores(), run.errors, run.first_error)
+
+
+async def latency(http: Http, *, ours: bool, rate: float, seconds: float) -> Run:
+    return await open_loop(http.place_ours if ours else http.place_baseline, rate=rate, seconds=seconds)
+
+
+# --- the pipeline: POST /orders, POST shipments, ... the journal entry of its invoice ----------------------------
+
+
+@dataclass
+class Step:
+    rate: float
+    sent: int
+    errors: int
+    posted: int
+    latencies_ms: list[float]
+    sustained: bool
+    cpu: dict[str, float]
+    first_error: str = ""
+
+    def p(self, q: float) -> float:
+        return percentile(self.latencies_ms, q)
+
+
+async def pipeline_step(http: Http, *, rate: float, seconds: float, drain_s: float = 15.0) -> Step:
+    """Orders shipped in full at `rate` for `seconds`; each one's latency runs to its invoice's journal entry."""
+    run_tag = uuid.uuid4().hex[:8]
+    started: dict[str, float] = {}
+
+    async def order_and_ship(n: int) -> bool:
+        customer = f"p{run_tag}-{n}"
+        started[customer] = time.time()
+        status, body = await http.place(http.orders, n, customer)
+        if status != 201:
+            return False
+        order = orjson.loads(body)
+        lines = [{"sku": li["sku"], "quantity": li["quantity"]} for li in order_body(n, customer=customer)["lines"]]  # type: ignore[attr-defined]
+        status, _ = await http.orders.request(
+            "POST",
+            f"/orders/{order['id']}/shipments",
+            body={"lines": lines, "carrier": "bench"},
+            headers={**AUTH, "Idempotency-Key": f"ship-{customer}"},
+        )
+        return status == 201
+
+    meter = CpuMeter(http.stack.processes())
+    run = await open_loop(order_and_ship, rate=rate, seconds=seconds)
+    cpu = meter.cores()
+    posted = await _posted(http.stack, run_tag, expected=run.done, timeout=drain_s)
+    if len(posted) < run.done:  # fell behind: let the backlog drain before anything else is measured
+        await _posted(http.stack, run_tag, expected=run.done, timeout=180)
+    latencies = sorted(
+        ((started[c], (t - started[c]) * 1000) for c, t in posted.items() if c in started), key=lambda x: x[0]
+    )
+    values = [ms for _, ms in latencies]
+    sustained = run.errors == 0 and len(posted) >= run.done and bool(values)
+    if sustained:
+        fifth = max(1, len(values) // 5)
+        head, tail = values[:fifth], values[-fifth:]
+        sustained = max(tail) <= max(1000.0, 3 * percentile(head, 50))
+    return Step(rate, run.done + run.errors, run.errors, len(posted), values, sustained, cpu, run.first_error)
+
+
+async def _posted(stack: Stack, run_tag: str, *, expected: int, timeout: float) -> dict[str, float]:
+    """customer -> posted_at (epoch s) of the invoices' journal entries of this run, once all are in or at timeout."""
+    conn = await asyncpg.connect(stack.dsn("ledger"))
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = await conn.fetch(
+                "SELECT l.party, e.posted_at FROM journal_entries e JOIN journal_lines l ON l.entry_id = e.id"
+                " WHERE e.source_type = 'InvoiceIssued' AND l.account = '1100' AND l.party LIKE $1",
+                f"p{run_tag}-%",
+            )
+            if len(rows) >= expected or time.monotonic() > deadline:
+                return {r["party"]: r["posted_at"].timestamp() for r in rows}
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+
+
+async def max_rate(http: Http, *, start: float, ceiling: float, seconds: float) -> tuple[float, list[Step]]:
+    """Raise the rate by 30 % a step from `start` until the pipeline falls behind; the last rate it kept up with."""
+    steps: list[Step] = []
+    best = 0.0
+    rate = max(start, 1.0)
+    while rate <= ceiling:
+        step = await pipeline_step(http, rate=rate, seconds=seconds)
+        steps.append(step)
+        if not step.sustained:
+            break
+        best = rate
+        rate *= 1.3
+    return best, steps

@@ -1,0 +1,163 @@
+"""A lean HTTP/1.1 keep-alive client and two load shapes: closed-loop (throughput) and open-loop (latency).
+
+The client is a few lines over asyncio streams so that the load generator, sharing two cores with the servers,
+spends as little CPU as possible. Open-loop latency is measured from each request's scheduled time, so a server
+that falls behind shows it in the tail (no coordinated omission).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import orjson
+
+
+class HttpError(RuntimeError):
+    pass
+
+
+class Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def request(
+        self, method: str, path: str, *, body: object = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        payload = orjson.dumps(body) if body is not None else b""
+        head = [f"{method} {path} HTTP/1.1", "Host: bench", f"Content-Length: {len(payload)}"]
+        if body is not None:
+            head.append("Content-Type: application/json")
+        head += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(raw[9:12])
+        length = None
+        for line in raw.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if length is None:
+            raise HttpError("response without Content-Length")
+        return status, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Client:
+    """A pool of keep-alive connections to one server."""
+
+    def __init__(self, port: int, *, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = port
+        self.idle: list[Connection] = []
+        self.opened = 0
+
+    async def request(
+        self, method: str, path: str, *, body: object = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        conn = self.idle.pop() if self.idle else await self._open()
+        try:
+            result = await conn.request(method, path, body=body, headers=headers)
+        except BaseException:
+            conn.close()
+            raise
+        self.idle.append(conn)
+        return result
+
+    async def _open(self) -> Connection:
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        self.opened += 1
+        return Connection(reader, writer)
+
+    def close(self) -> None:
+        for conn in self.idle:
+            conn.close()
+        self.idle.clear()
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
+    return ordered[index]
+
+
+@dataclass
+class Run:
+    """What one load run measured: completed operations, errors, per-operation latencies (s)."""
+
+    seconds: float
+    done: int = 0
+    errors: int = 0
+    latencies: list[float] = field(default_factory=list)
+    first_error: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+    def p(self, q: float) -> float:
+        return percentile(self.latencies, q) * 1000
+
+
+Operation = Callable[[int], Awaitable[bool]]
+
+
+async def closed_loop(operation: Operation, *, workers: int, seconds: float) -> Run:
+    """`workers` clients each sending the next request as soon as the last answered, for `seconds`."""
+    run = Run(seconds=seconds)
+    deadline = time.perf_counter() + seconds
+    counter = iter(range(10**9))
+
+    async def worker() -> None:
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            try:
+                ok = await operation(next(counter))
+            except (OSError, HttpError, asyncio.IncompleteReadError) as exc:
+                ok = False
+                run.first_error = run.first_error or repr(exc)
+            if ok:
+                run.done += 1
+                run.latencies.append(time.perf_counter() - started)
+            else:
+                run.errors += 1
+
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    return run
+
+
+async def open_loop(operation: Operation, *, rate: float, seconds: float, timeout: float = 30.0) -> Run:
+    """Start one operation every 1/`rate` seconds whatever the answers, for `seconds`; latency from the schedule."""
+    run = Run(seconds=seconds)
+    count = max(1, int(rate * seconds))
+    start = time.perf_counter() + 0.01
+    tasks = []
+
+    async def one(n: int, due: float) -> None:
+        try:
+            ok = await asyncio.wait_for(operation(n), timeout)
+        except (OSError, HttpError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            ok = False
+            run.first_error = run.first_error or repr(exc)
+        if ok:
+            run.done += 1
+            run.latencies.append(time.perf_counter() - due)
+        else:
+            run.errors += 1
+
+    for n in range(count):
+        due = start + n / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(n, due)))
+    await asyncio.gather(*tasks)
+    return run

@@ -1,0 +1,128 @@
+"""One result per pair and durability mode; the table `make bench` prints and `.run/reports/bench.json`."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+@dataclass
+class Figures:
+    """One pair measured in one mode (PostgreSQL synchronous_commit on or off)."""
+
+    ours: float
+    baseline: float | None
+    ratio: float | None
+    met: bool
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    baseline_p50_ms: float | None = None
+    baseline_p99_ms: float | None = None
+    cpu_cores: dict[str, float] = field(default_factory=dict)
+    baseline_cpu_cores: dict[str, float] = field(default_factory=dict)
+    runs: list[float] = field(default_factory=list)
+    baseline_runs: list[float] = field(default_factory=list)
+    note: str = ""
+
+
+@dataclass
+class Pair:
+    name: str
+    unit: str
+    target: str  # ">= 0.75" (on the ratio) or "<= 250" (on ours)
+    modes: dict[str, Figures] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        """The JSON object: the synchronous_commit=on figures at the top, the off ones beside them."""
+        main = self.modes.get("sync_on") or next(iter(self.modes.values()))
+        out: dict[str, Any] = {"name": self.name, "unit": self.unit, "target": self.target, **asdict(main)}
+        off = self.modes.get("sync_off")
+        if off is not None and off is not main:
+            out["synchronous_commit_off"] = asdict(off)
+        return out
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def judge(target: str, *, ours: float, ratio: float | None) -> bool:
+    op, _, bound = target.partition(" ")
+    value = ratio if ratio is not None else ours
+    if value is None or math.isnan(value):
+        return False
+    return value >= float(bound) if op == ">=" else value <= float(bound)
+
+
+def figures(
+    target: str,
+    ours: list[float],
+    baseline: list[float] | None,
+    *,
+    kind: Literal["ratio", "value"] = "ratio",
+    **extra: Any,
+) -> Figures:
+    """Medians of the repeats, their ratio and whether the target is met."""
+    mine = median(ours)
+    base = median(baseline) if baseline else None
+    ratio = mine / base if kind == "ratio" and base else None
+    return Figures(
+        ours=round(mine, 2),
+        baseline=round(base, 2) if base is not None else None,
+        ratio=round(ratio, 3) if ratio is not None else None,
+        met=judge(target, ours=mine, ratio=ratio),
+        runs=[round(v, 2) for v in ours],
+        baseline_runs=[round(v, 2) for v in baseline or []],
+        **extra,
+    )
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def _cell(f: Figures | None) -> tuple[str, ...]:
+    if f is None:
+        return ("-",) * 6
+    latency = f"{_fmt(f.p50_ms)}/{_fmt(f.p99_ms)}" if f.p50_ms is not None else "-"
+    return (
+        _fmt(f.ours),
+        _fmt(f.baseline),
+        _fmt(f.ratio, 2),
+        "yes" if f.met else "NO",
+        latency,
+        ",".join(f"{k}={v:.2f}" for k, v in sorted(f.cpu_cores.items()) if v >= 0.05) or "-",
+    )
+
+
+def table(pairs: list[Pair]) -> str:
+    head = ("name", "unit", "target", "ours", "baseline", "ratio", "met", "p50/p99 ms")
+    off = ("ours", "baseline", "ratio", "met", "p50/p99 ms")
+    rows = [(*head, "| sync_commit=off:", *off)]
+    cpu_lines = []
+    for pair in pairs:
+        on, off_f = pair.modes.get("sync_on"), pair.modes.get("sync_off")
+        a, b = _cell(on), _cell(off_f)
+        rows.append((pair.name, pair.unit, pair.target, *a[:5], "|", *b[:5]))
+        cpu_lines.append(f"  {pair.name}: {a[5]}   (baseline: {_cpu(on)})")
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join([*lines, "", "CPU per process during ours (cores, synchronous_commit=on):", *cpu_lines])
+
+
+def _cpu(f: Figures | None) -> str:
+    if f is None or not f.baseline_cpu_cores:
+        return "-"
+    return ",".join(f"{k}={v:.2f}" for k, v in sorted(f.baseline_cpu_cores.items()) if v >= 0.05) or "-"
+
+
+def write(pairs: list[Pair], path: Path, *, meta: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([p.row() for p in pairs], indent=2))
+    path.with_name(path.stem + ".meta.json").write_text(json.dumps(meta, indent=2))

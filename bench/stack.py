@@ -1,0 +1,164 @@
+"""The bench's own stack under `.run/bench`: PostgreSQL, a Kafka broker, the four services and the bare baseline app.
+
+Reuses devstack's process management (the same servers `make chaos` starts, on free ports); `stop` ends every
+process this module started, and is safe to call twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import psutil
+
+from backoffice.db import SHARED_MIGRATIONS, Migration, load_migrations, migrate_dsn
+from backoffice.topics import ensure_topics
+from devstack import kafka, postgres
+from devstack.chaos import free_ports
+from devstack.config import ROOT, RUN_DIR
+from devstack.fleet import Fleet, ServiceProcess
+
+SERVICES = ("orders", "support", "billing", "ledger")
+PARTITIONS = 6
+
+
+class Stack:
+    """PostgreSQL (real fsync, like production) and one broker; the fleet only when HTTP pairs need it."""
+
+    def __init__(self, state: Path = RUN_DIR / "bench") -> None:
+        self.state = state
+        self.ports = free_ports("postgres", "kafka", "controller", "baseline", *SERVICES)
+        self.pg = postgres.PostgresServer(state, port=self.ports["postgres"], fast_durability=False)
+        self.broker = kafka.KafkaBroker(
+            state, port=self.ports["kafka"], controller_port=self.ports["controller"], partitions=PARTITIONS
+        )
+        self.fleet: Fleet | None = None
+        self.baseline: ServiceProcess | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return self.broker.bootstrap
+
+    def dsn(self, database: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.pg.port}/{database}"
+
+    async def start(self) -> None:
+        shutil.rmtree(self.state, ignore_errors=True)
+        self.state.mkdir(parents=True)
+        kafka.ensure_jars()
+        self.pg.start()
+        self.broker.start()
+        await postgres.wait_ready(self.dsn("postgres"))
+        await kafka.wait_ready(self.bootstrap, broker=self.broker)
+        await ensure_topics(self.bootstrap, partitions=PARTITIONS)
+
+    async def database(self, name: str, migrations: list[Migration] | None = None) -> str:
+        """A fresh database with the shared tables (outbox, inbox, idempotency keys) or `migrations`."""
+        admin = self.dsn("postgres")
+        await postgres.drop_database(admin, name)
+        await postgres.ensure_database(admin, name)
+        dsn = self.dsn(name)
+        await migrate_dsn(dsn, migrations or load_migrations(SHARED_MIGRATIONS, namespace="shared"))
+        return dsn
+
+    async def set_synchronous_commit(self, on: bool) -> None:
+        """Server-wide, for every session (existing ones pick it up on reload)."""
+        conn = await asyncpg.connect(self.dsn("postgres"))
+        try:
+            await conn.execute(f"ALTER SYSTEM SET synchronous_commit = {'on' if on else 'off'}")
+            await conn.execute("SELECT pg_reload_conf()")
+        finally:
+            await conn.close()
+        await asyncio.sleep(0.3)
+
+    async def start_fleet(self) -> None:
+        admin = self.dsn("postgres")
+        env = {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "PYTHONPATH": str(ROOT)}
+        for s in SERVICES:
+            await postgres.ensure_database(admin, s)
+            env[f"{s.upper()}_DATABASE_URL"] = self.dsn(s)
+            env[f"{s.upper()}_JOB_INTERVAL_S"] = "3600"
+        await postgres.ensure_database(admin, "baseline")
+        env["BASELINE_DATABASE_URL"] = self.dsn("baseline")
+        self.fleet = Fleet(env=env, ports={s: self.ports[s] for s in SERVICES}, logs=self.state / "logs")
+        # The bare app: the same uvicorn command line as the services (ServiceProcess runs `<name>.app:create_app`).
+        self.baseline = ServiceProcess(
+            "bench",
+            self.ports["baseline"],
+            {**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+            self.state / "logs" / "baseline.log",
+        )
+        self.baseline.start()
+        await asyncio.to_thread(self.fleet.start, timeout=120)
+        deadline = time.monotonic() + 60
+        while not await asyncio.to_thread(self.baseline.ready):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the baseline app did not start; see {self.baseline.log}")
+            await asyncio.sleep(0.3)
+
+    def processes(self) -> dict[str, list[int]]:
+        """Top pids of every process of the stack, by name (children are counted with them)."""
+        out: dict[str, list[int]] = {"bench": [os.getpid()]}
+        pg = self.pg.pid()
+        if pg:
+            out["postgres"] = [pg]
+        broker = self.broker.pid()
+        if broker:
+            out["kafka"] = [broker]
+        for name, proc in ((n, s.proc) for n, s in (self.fleet.services.items() if self.fleet else ())):
+            if proc is not None and proc.poll() is None:
+                out[name] = [proc.pid]
+        if self.baseline is not None and self.baseline.proc is not None and self.baseline.proc.poll() is None:
+            out["baseline_app"] = [self.baseline.proc.pid]
+        return out
+
+    def stop(self) -> None:
+        if self.baseline is not None:
+            self.baseline.stop()
+        if self.fleet is not None:
+            self.fleet.stop()
+        self.broker.stop()
+        self.pg.stop()
+
+
+def _cpu_seconds(pid: int, *, children: bool) -> float:
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *(proc.children(recursive=True) if children else ())]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            times = p.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
+@dataclass
+class CpuMeter:
+    """CPU used per process (with its children: PostgreSQL's backends) over a span, in cores (1.0 = one core)."""
+
+    pids: dict[str, list[int]]
+    started: float = field(default_factory=time.monotonic)
+    before: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.before = self._sample()
+
+    def _sample(self) -> dict[str, float]:
+        return {
+            name: sum(_cpu_seconds(pid, children=name != "bench") for pid in pids) for name, pids in self.pids.items()
+        }
+
+    def cores(self) -> dict[str, float]:
+        wall = max(time.monotonic() - self.started, 1e-6)
+        after = self._sample()
+        return {name: round(max(after[name] - self.before.get(name, 0.0), 0.0) / wall, 2) for name in after}
