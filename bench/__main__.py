@@ -25,7 +25,7 @@ from bench import http_pairs, report
 from bench.ledger_post import LedgerBench
 from bench.messaging import ConsumerBench, RelayBench, Timed
 from bench.report import Pair, figures
-from bench.stack import Stack
+from bench.stack import Stack, start_profile
 from devstack.config import ROOT, RUN_DIR
 
 MODES = {"sync_on": True, "sync_off": False}
@@ -82,8 +82,9 @@ def _timed_figures(name: str, mine: list[Timed], theirs: list[Timed]) -> report.
 
 
 class Bench:
-    def __init__(self, stack: Stack, sizes: Sizes, only: set[str]) -> None:
+    def __init__(self, stack: Stack, sizes: Sizes, only: set[str], profile: str | None = None) -> None:
         self.stack = stack
+        self.profile = profile
         self.sizes = sizes
         self.only = only
         self.pairs = {name: Pair(name, unit, target) for name, (unit, target) in TARGETS.items()}
@@ -117,8 +118,11 @@ class Bench:
         await http_pairs.throughput(client, ours=True, seconds=2)
         await http_pairs.throughput(client, ours=False, seconds=2)
         mine, theirs = [], []
-        for _ in range(s.repeats):
+        for n in range(s.repeats):
+            spy = self._profile(f"http_place_order-{mode}-{n}", s.http_s)
             mine.append(await http_pairs.throughput(client, ours=True, seconds=s.http_s))
+            if spy is not None:
+                spy.wait()
             theirs.append(await http_pairs.throughput(client, ours=False, seconds=s.http_s))
         for t in mine + theirs:
             if t.errors:
@@ -140,7 +144,8 @@ class Bench:
         best, steps = await http_pairs.max_rate(client, start=0.1 * http_rate, ceiling=http_rate, seconds=s.step_s)
         f = figures(TARGETS["pipeline_max_rate"][1], [best], [http_rate])
         f.note = "steps: " + "; ".join(
-            f"{st.rate:.1f}/s {'kept up' if st.sustained else 'fell behind'} p99 {st.p(99):.0f} ms" for st in steps
+            f"{st.rate:.1f}/s {'kept up' if st.sustained else 'fell behind: ' + st.why} p99 {st.p(99):.0f} ms"
+            for st in steps
         )
         sustained = [st for st in steps if st.sustained]
         if sustained:
@@ -153,6 +158,12 @@ class Bench:
         p99.p50_ms, p99.p99_ms, p99.cpu_cores = round(step.p(50), 1), round(step.p(99), 1), step.cpu
         p99.note = f"open-loop at {half:.1f} orders/s; {step.posted}/{step.sent} entries posted, {step.errors} errors"
         self._set("order_to_ledger_p99", mode, p99)
+
+    def _profile(self, label: str, seconds: float) -> subprocess.Popen[bytes] | None:
+        if self.profile is None:
+            return None
+        out = RUN_DIR / "reports" / f"profile-{self.profile}-{label}.txt"
+        return start_profile(self.stack, self.profile, seconds=seconds, out=out)
 
     def _set(self, name: str, mode: str, f: report.Figures) -> None:
         self.pairs[name].modes[mode] = f
@@ -198,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="*", default=list(MODES), choices=list(MODES))
     parser.add_argument("--out", type=Path, default=RUN_DIR / "reports" / "bench.json")
     parser.add_argument("--state", type=Path, default=RUN_DIR / "bench")
+    parser.add_argument("--profile", help="py-spy this process (orders, ledger, bench, ...) while ours runs")
     args = parser.parse_args(argv)
     sizes = Sizes.of(args.quick)
     started = time.monotonic()
@@ -207,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
-    bench = Bench(stack, sizes, set(args.only))
+    bench = Bench(stack, sizes, set(args.only), args.profile)
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             pairs = runner.run(bench.run(args.modes))

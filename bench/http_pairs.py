@@ -106,7 +106,7 @@ class Step:
     latencies_ms: list[float]
     sustained: bool
     cpu: dict[str, float]
-    first_error: str = ""
+    why: str = ""
 
     def p(self, q: float) -> float:
         return percentile(self.latencies_ms, q)
@@ -143,12 +143,17 @@ async def pipeline_step(http: Http, *, rate: float, seconds: float, drain_s: flo
         ((started[c], (t - started[c]) * 1000) for c, t in posted.items() if c in started), key=lambda x: x[0]
     )
     values = [ms for _, ms in latencies]
-    sustained = run.errors == 0 and len(posted) >= run.done and bool(values)
-    if sustained:
+    why = ""
+    if run.errors:
+        why = f"{run.errors} failed requests ({run.first_error})"
+    elif len(posted) < run.done:
+        why = f"only {len(posted)} of {run.done} entries posted {drain_s:.0f}s after the load"
+    else:
         fifth = max(1, len(values) // 5)
         head, tail = values[:fifth], values[-fifth:]
-        sustained = max(tail) <= max(1000.0, 3 * percentile(head, 50))
-    return Step(rate, run.done + run.errors, run.errors, len(posted), values, sustained, cpu, run.first_error)
+        if max(tail) > max(1000.0, 3 * percentile(head, 50)):
+            why = f"latency grew: first fifth p50 {percentile(head, 50):.0f} ms, last fifth max {max(tail):.0f} ms"
+    return Step(rate, run.done + run.errors, run.errors, len(posted), values, not why, cpu, why)
 
 
 async def _posted(stack: Stack, run_tag: str, *, expected: int, timeout: float) -> dict[str, float]:
@@ -171,6 +176,7 @@ async def _posted(stack: Stack, run_tag: str, *, expected: int, timeout: float) 
 
 async def max_rate(http: Http, *, start: float, ceiling: float, seconds: float) -> tuple[float, list[Step]]:
     """Raise the rate by 30 % a step from `start` until the pipeline falls behind; the last rate it kept up with."""
+    await pipeline_step(http, rate=2.0, seconds=3.0)  # warm-up: every consumer has joined its group
     steps: list[Step] = []
     best = 0.0
     rate = max(start, 1.0)

@@ -61,9 +61,21 @@ class Client:
     async def request(
         self, method: str, path: str, *, body: object = None, headers: dict[str, str] | None = None
     ) -> tuple[int, bytes]:
-        conn = self.idle.pop() if self.idle else await self._open()
+        reused = bool(self.idle)
+        conn = self.idle.pop() if reused else await self._open()
         try:
             result = await conn.request(method, path, body=body, headers=headers)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            conn.close()
+            if not reused:
+                raise
+            # the server closed an idle keep-alive connection: send again on a new one (same Idempotency-Key)
+            conn = await self._open()
+            try:
+                result = await conn.request(method, path, body=body, headers=headers)
+            except BaseException:
+                conn.close()
+                raise
         except BaseException:
             conn.close()
             raise

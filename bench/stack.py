@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,3 +164,14 @@ class CpuMeter:
         wall = max(time.monotonic() - self.started, 1e-6)
         after = self._sample()
         return {name: round(max(after[name] - self.before.get(name, 0.0), 0.0) / wall, 2) for name in after}
+
+
+def start_profile(stack: Stack, name: str, *, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy samples process `name` (a service, `baseline_app` or `bench`) for `seconds`, as collapsed stacks."""
+    pids = stack.processes().get(name)
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not pids or not Path(spy).exists():
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [spy, "record", "-p", str(pids[0]), "-d", str(int(seconds)), "-r", "200", "-f", "raw", "-o", str(out)]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
