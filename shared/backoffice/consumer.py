@@ -59,6 +59,10 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TRANSIENT)
 
 
+class _Rejected(Exception):
+    """A handler refused or failed in the batch's fast path: redo the batch with a savepoint per record."""
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     record: ConsumerRecord  # type: ignore[type-arg]
@@ -194,16 +198,62 @@ class Consumer:
 
     async def _apply_batch(self, records: list[ConsumerRecord]) -> list[DeadLetter]:  # type: ignore[type-arg]
         dead: list[DeadLetter] = []
-        async with self.pool.acquire() as conn, conn.transaction():
-            for record in records:
+        todo: list[tuple[ConsumerRecord, Envelope, Handler]] = []  # type: ignore[type-arg]
+        for record in records:
+            try:
+                envelope = decode(record.headers, record.value)
+            except PoisonRecord as exc:
+                dead.append(DeadLetter(record, f"poison: {exc}"))
+                continue
+            handler = self.handlers.get(envelope.type)
+            if handler is not None:
+                todo.append((record, envelope, handler))
+        if not todo:
+            return dead
+        async with self.pool.acquire() as conn:
+            try:
+                await self._apply_fast(conn, todo)
+            except _Rejected:
+                dead += await self._apply_each(conn, todo)
+        dead.sort(key=lambda d: d.record.offset)
+        return dead
+
+    async def _apply_fast(self, conn: Conn, todo: list[tuple[ConsumerRecord, Envelope, Handler]]) -> None:  # type: ignore[type-arg]
+        """The whole batch in one transaction: one inbox statement, then each new event's handler, no savepoints.
+
+        A handler that rejects its event or fails unexpectedly rolls the batch back (`_Rejected`); the batch is then
+        applied record by record with a savepoint each, which isolates (and dead-letters) just that record.
+        """
+        async with conn.transaction():
+            fresh = {
+                str(r["event_id"])
+                for r in await conn.fetch(
+                    "INSERT INTO inbox (consumer, event_id, event_type)"
+                    " SELECT $1, e.id, e.type FROM unnest($2::uuid[], $3::text[]) AS e(id, type)"
+                    " ON CONFLICT DO NOTHING RETURNING event_id",
+                    self.group,
+                    [envelope.id for _, envelope, _ in todo],
+                    [envelope.type for _, envelope, _ in todo],
+                )
+            }
+            for _, envelope, handler in todo:
+                if envelope.id not in fresh:
+                    DUPLICATES.labels(self.group).inc()
+                    continue
+                fresh.discard(envelope.id)  # the same event twice in one batch is applied once
+                context.bind(correlation=envelope.correlation_id, parent=envelope.traceparent)
                 try:
-                    envelope = decode(record.headers, record.value)
-                except PoisonRecord as exc:
-                    dead.append(DeadLetter(record, f"poison: {exc}"))
-                    continue
-                handler = self.handlers.get(envelope.type)
-                if handler is None:
-                    continue
+                    await handler(conn, envelope)
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise
+                    raise _Rejected from exc
+                APPLIED.labels(self.group, envelope.type).inc()
+
+    async def _apply_each(self, conn: Conn, todo: list[tuple[ConsumerRecord, Envelope, Handler]]) -> list[DeadLetter]:  # type: ignore[type-arg]
+        dead: list[DeadLetter] = []
+        async with conn.transaction():
+            for record, envelope, handler in todo:
                 reason = await self._apply_one(conn, record, envelope, handler)
                 if reason:
                     dead.append(DeadLetter(record, reason))
