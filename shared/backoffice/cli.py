@@ -1,4 +1,4 @@
-"""The operator's command line: `backoffice token ...`, `backoffice topics ...`, `backoffice migrate ...`."""
+"""The operator's command line: `backoffice token ...`, `topics`, `migrate`, `dlq`, `lag`, `docs`, `demo`."""
 
 from __future__ import annotations
 
@@ -101,6 +101,23 @@ def _docs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from backoffice.demo import DemoError, Urls, run_demo
+    from backoffice.demo_report import render
+
+    urls = Urls(orders=args.orders_url, billing=args.billing_url, support=args.support_url, ledger=args.ledger_url)
+    try:
+        summary = asyncio.run(run_demo(urls, customers=args.customers, seed=args.seed, timeout=args.timeout))
+    except DemoError as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return 1
+    render(summary)
+    if not (summary.balanced and summary.reconciliation_clean):
+        print("demo finished, but the books do not agree (see above)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="backoffice", description="Back-office platform operations.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -127,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     docs.add_argument("--out", default="docs")
     docs.add_argument("--check", action="store_true", help="fail when the committed docs differ from the code")
     docs.set_defaults(func=_docs)
+    demo = sub.add_parser("demo", help="seed a catalogue and run a business day through the APIs, then sum it up")
+    for service, port in (("orders", 8001), ("support", 8002), ("billing", 8003), ("ledger", 8004)):
+        demo.add_argument(f"--{service}-url", default=f"http://127.0.0.1:{port}", help=f"the {service} service")
+    demo.add_argument("--customers", type=int, default=5, help="how many customers (at least 3; default 5)")
+    demo.add_argument("--seed", type=int, default=None, help="seed the day's choices (ids are fresh every run)")
+    demo.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for events at each wait")
+    demo.set_defaults(func=_demo)
     return parser
 
 
