@@ -43,19 +43,22 @@ def namespace() -> str:
     return f"t{secrets.token_hex(4)}"
 
 
-@pytest.fixture(scope="package")
-def topic_prefix(namespace: str, request: pytest.FixtureRequest) -> str:
-    """Each test folder gets its own topics and consumer groups, so one folder's events never reach another's."""
-    package = request.node.name.rsplit("/", 1)[-1].replace(".", "-") or "root"
-    return f"{namespace}.{package}."
+def topics_fixture(folder: str) -> Any:
+    """A package-scoped `topics` fixture for one test folder: put `topics = topics_fixture("orders")` in its
+    conftest.py. A package-scoped fixture belongs to the package whose conftest defines it, so each folder needs
+    its own line for its events and consumer groups never to meet another folder's."""
+
+    @pytest.fixture(scope="package", name="topics")
+    async def _topics(namespace: str) -> AsyncIterator[str]:
+        prefix = f"{namespace}.{folder}."
+        await ensure_topics(BOOTSTRAP, prefix=prefix, partitions=3)
+        yield prefix
+        await delete_topics(BOOTSTRAP, prefix=prefix)
+
+    return _topics
 
 
-@pytest.fixture(scope="package")
-async def topics(topic_prefix: str) -> AsyncIterator[str]:
-    """The folder's topics exist; yields their prefix."""
-    await ensure_topics(BOOTSTRAP, prefix=topic_prefix, partitions=3)
-    yield topic_prefix
-    await delete_topics(BOOTSTRAP, prefix=topic_prefix)
+topics = topics_fixture("root")
 
 
 @pytest.fixture(scope="session")

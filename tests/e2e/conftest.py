@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from devstack.fleet import Fleet
-from tests.conftest import BOOTSTRAP, free_port
+from tests.conftest import BOOTSTRAP, free_port, topics_fixture
 
 SERVICES = ("orders", "support", "billing", "ledger")
 
@@ -37,3 +37,6 @@ async def http(fleet: Fleet) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
     yield clients
     for client in clients.values():
         await client.aclose()
+
+
+topics = topics_fixture("e2e")

@@ -19,7 +19,7 @@ from backoffice.envelope import Envelope
 from ledger import handlers
 from ledger.app import create_app
 from ledger.settings import Settings
-from tests.conftest import BOOTSTRAP, auth, free_port, running
+from tests.conftest import BOOTSTRAP, auth, free_port, running, topics_fixture
 
 MIGRATIONS = Path(handlers.__file__).parent / "migrations"
 T0 = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
@@ -174,3 +174,6 @@ async def open_account(http: httpx.AsyncClient, type_: str = "asset") -> str:
     response = await http.post("/accounts", json={"code": code, "name": f"Test {code}", "type": type_}, headers=WRITE)
     assert response.status_code == 201, response.text
     return code
+
+
+topics = topics_fixture("ledger")

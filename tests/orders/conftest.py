@@ -11,7 +11,7 @@ import pytest
 
 from orders.app import create_app
 from orders.settings import Settings
-from tests.conftest import BOOTSTRAP, auth, running
+from tests.conftest import BOOTSTRAP, auth, running, topics_fixture
 
 STAFF = auth("orders:read orders:write inventory:write", sub="staff")
 ADDRESS = {"line1": "1 Main Street", "city": "Springfield", "postal_code": "12345", "country": "US"}
@@ -118,3 +118,6 @@ def problem(response: httpx.Response, status: int) -> dict[str, Any]:
 
 def fields(body: dict[str, Any]) -> set[str]:
     return {e["field"] for e in body.get("errors", [])}
+
+
+topics = topics_fixture("orders")

@@ -12,7 +12,7 @@ import orjson
 from backoffice.envelope import header_map
 from support.app import create_app
 from support.settings import Settings
-from tests.conftest import BOOTSTRAP, auth, read_topic, running
+from tests.conftest import BOOTSTRAP, auth, read_topic, running, topics_fixture
 
 AGENT = auth("support:read support:write", sub="agent-ann")
 ADMIN = auth("support:read support:write support:admin", sub="admin-ada")
@@ -65,3 +65,6 @@ def new_ticket(customer_id: str, **fields: Any) -> dict[str, Any]:
         "priority": "normal",
         **fields,
     }
+
+
+topics = topics_fixture("support")

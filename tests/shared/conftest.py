@@ -1,0 +1,5 @@
+"""Fixtures of the shared tests."""
+
+from tests.conftest import topics_fixture
+
+topics = topics_fixture("shared")
