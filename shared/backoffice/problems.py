@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -101,3 +102,85 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(Exception, _unexpected)
+
+
+# --- the OpenAPI document: every error an operation can answer, as problem+json ------------------------------
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "RFC 9457 problem details",
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "description": "each bad field (validation)",
+            "items": {
+                "type": "object",
+                "required": ["field", "message"],
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}, "type": {"type": "string"}},
+            },
+        },
+    },
+}
+_DESCRIPTIONS = {
+    400: "The body is not readable, or a required header (Idempotency-Key) is missing",
+    401: "No valid bearer token",
+    403: "The token lacks the scope, or this is not for a customer token",
+    404: "Not found (or another customer's)",
+    409: "The current state forbids this, or a request with this Idempotency-Key is still in flight",
+    413: "The body is over 1 MiB",
+    422: "Invalid input; `errors` names each field",
+}
+
+CONFLICT: dict[int | str, dict[str, Any]] = {409: {"description": _DESCRIPTIONS[409]}}
+
+
+def _errors_of(operation: dict[str, Any], path: str) -> set[int]:
+    """The problems any operation of this shape can answer, whatever its route declares."""
+    codes = {422} if operation.get("parameters") or "requestBody" in operation else set()
+    if operation.get("security"):
+        codes |= {401, 403}
+    if "requestBody" in operation:
+        codes |= {400, 413}
+    if "{" in path:
+        codes.add(404)
+    return codes
+
+
+def document(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Show every error response of every operation as `application/problem+json` with the Problem schema."""
+    schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Problem"] = PROBLEM_SCHEMA
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    content = {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for path, item in openapi.get("paths", {}).items():
+        for operation in item.values():
+            responses = operation.setdefault("responses", {})
+            for code in _errors_of(operation, path):
+                responses.setdefault(str(code), {})
+            for code, response in responses.items():
+                if code.isdigit() and int(code) >= 400:
+                    default = _DESCRIPTIONS.get(int(code), _TITLES.get(int(code), "Error"))
+                    if response.get("description") in (None, "Validation Error"):
+                        response["description"] = default
+                    response["content"] = content
+            operation["responses"] = dict(sorted(responses.items()))
+    return openapi
+
+
+def documented(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """A replacement for `app.openapi` that builds the document once, with `document` applied."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document(build())
+        return app.openapi_schema
+
+    return openapi

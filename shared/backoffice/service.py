@@ -79,6 +79,7 @@ def create_service_app(spec: ServiceSpec) -> FastAPI:
     if spec.extra_routes:
         spec.extra_routes(app)
     tracing.setup(app, settings)
+    app.openapi = problems.documented(app)  # type: ignore[method-assign]
     return app
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from backoffice import events, idempotency, outbox
+from backoffice import events, idempotency, outbox, problems
 from backoffice.db import Conn
 from backoffice.errors import NotFound
 from backoffice.pagination import Cursor, Limit, Page, page
@@ -144,6 +144,7 @@ async def _apply_payment(conn: Conn, payment: domain.PaymentIn) -> schemas.Payme
 @router.post(
     "/payments",
     status_code=201,
+    responses=problems.CONFLICT,
     response_model=schemas.PaymentOut,
     summary="Receive a payment: to the listed invoices, else oldest open invoice first; the rest is credit",
 )

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from backoffice import idempotency, outbox
+from backoffice import idempotency, outbox, problems
 from backoffice.db import Conn
 from backoffice.errors import Conflict, NotFound, Unprocessable
 from backoffice.pagination import Cursor, Limit, Page, page
@@ -19,7 +19,7 @@ from billing.deps import Read, Write, after_seq, staff_only
 router = APIRouter(tags=["payables"])
 
 
-@router.post("/vendors", status_code=201, response_model=schemas.VendorOut)
+@router.post("/vendors", status_code=201, responses=problems.CONFLICT, response_model=schemas.VendorOut)
 async def create_vendor(body: schemas.VendorIn, request: Request, principal: Write) -> Response:
     staff_only(principal)
 
@@ -74,7 +74,7 @@ async def _receive_bill(conn: Conn, body: schemas.BillIn) -> schemas.BillOut:
     return schemas.BillOut.of(bill, [])
 
 
-@router.post("/bills", status_code=201, response_model=schemas.BillOut)
+@router.post("/bills", status_code=201, responses=problems.CONFLICT, response_model=schemas.BillOut)
 async def receive_bill(body: schemas.BillIn, request: Request, principal: Write) -> Response:
     staff_only(principal)
 
@@ -144,7 +144,9 @@ async def _pay_bill(conn: Conn, bill_id: str, body: schemas.BillPaymentIn) -> sc
     )
 
 
-@router.post("/bills/{bill_id}/payments", status_code=201, response_model=schemas.BillPaymentResult)
+@router.post(
+    "/bills/{bill_id}/payments", status_code=201, responses=problems.CONFLICT, response_model=schemas.BillPaymentResult
+)
 async def pay_bill(bill_id: uuid.UUID, body: schemas.BillPaymentIn, request: Request, principal: Write) -> Response:
     """Pay a bill, partly or in full; more than is owed is 422. Answers the payment and the bill."""
     staff_only(principal)

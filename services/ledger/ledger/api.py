@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from backoffice import events, idempotency, outbox
+from backoffice import events, idempotency, outbox, problems
 from backoffice.db import Conn
 from backoffice.errors import Conflict, NotFound, Unprocessable
 from backoffice.pagination import Cursor, Limit, Page, decode_cursor, page
@@ -40,7 +40,14 @@ async def list_accounts(
     return page([schemas.Account.of(a) for a in accounts], limit=limit, key=lambda a: [a.code])
 
 
-@router.post("/accounts", status_code=201, response_model=schemas.Account, tags=["accounts"], summary="Open an account")
+@router.post(
+    "/accounts",
+    status_code=201,
+    responses=problems.CONFLICT,
+    response_model=schemas.Account,
+    tags=["accounts"],
+    summary="Open an account",
+)
 async def create_account(body: schemas.NewAccount, request: Request, principal: Writer) -> Response:
     async def operation(conn: Conn) -> tuple[int, Any]:
         account = domain.Account(code=body.code, name=body.name, type=body.type)
@@ -66,6 +73,7 @@ async def get_account(code: CodePath, request: Request, principal: Reader) -> sc
 @router.post(
     "/journal-entries",
     status_code=201,
+    responses=problems.CONFLICT,
     response_model=schemas.Entry,
     tags=["journal"],
     summary="Post a manual entry (Idempotency-Key required)",
@@ -96,6 +104,7 @@ async def post_manual_entry(body: schemas.ManualEntry, request: Request, princip
 @router.post(
     "/journal-entries/{entry_id}/reverse",
     status_code=201,
+    responses=problems.CONFLICT,
     response_model=schemas.Entry,
     tags=["journal"],
     summary="Reverse an entry (once): its lines with debits and credits swapped",

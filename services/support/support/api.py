@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from backoffice import events, idempotency, outbox
+from backoffice import events, idempotency, outbox, problems
 from backoffice.auth import Principal, require
 from backoffice.db import Conn
 from backoffice.errors import Forbidden, NotFound, Unprocessable
@@ -70,7 +70,9 @@ async def _check_owner(conn: Conn, *, kind: str, ref_id: str | None, customer_id
         raise Unprocessable(f"{kind} {ref_id} is not one of customer {customer_id}'s", field=f"body.{kind}_id")
 
 
-@router.post("/tickets", status_code=201, response_model=schemas.Ticket, summary="Open a ticket")
+@router.post(
+    "/tickets", status_code=201, responses=problems.CONFLICT, response_model=schemas.Ticket, summary="Open a ticket"
+)
 async def open_ticket(body: schemas.OpenTicket, request: Request, principal: Writer) -> Response:
     principal.ensure_visible(body.customer_id, what="customer")
     settings: Settings = request.app.state.settings
@@ -140,7 +142,11 @@ async def get_ticket(ticket_id: TicketId, request: Request, principal: Reader) -
 
 
 @router.post(
-    "/tickets/{ticket_id}/messages", status_code=201, response_model=schemas.Message, summary="Reply or add a note"
+    "/tickets/{ticket_id}/messages",
+    status_code=201,
+    responses=problems.CONFLICT,
+    response_model=schemas.Message,
+    summary="Reply or add a note",
 )
 async def post_message(ticket_id: TicketId, body: schemas.PostMessage, request: Request, principal: Writer) -> Response:
     async def operation(conn: Conn) -> tuple[int, Any]:
@@ -180,7 +186,12 @@ async def list_messages(
     return Page[schemas.Message](items=items, next_cursor=encode_cursor([rows[limit - 1][0]]) if more else None)
 
 
-@router.post("/tickets/{ticket_id}/assign", response_model=schemas.Ticket, summary="Assign to an agent")
+@router.post(
+    "/tickets/{ticket_id}/assign",
+    responses=problems.CONFLICT,
+    response_model=schemas.Ticket,
+    summary="Assign to an agent",
+)
 async def assign(ticket_id: TicketId, body: schemas.Assign, request: Request, principal: Writer) -> Response:
     agents_only(principal, "assign tickets")
 
@@ -193,7 +204,12 @@ async def assign(ticket_id: TicketId, body: schemas.Assign, request: Request, pr
     return await idempotency.run(request, pool=request.app.state.pool, principal=principal, operation=operation)
 
 
-@router.post("/tickets/{ticket_id}/status", response_model=schemas.Ticket, summary="Move a ticket's status")
+@router.post(
+    "/tickets/{ticket_id}/status",
+    responses=problems.CONFLICT,
+    response_model=schemas.Ticket,
+    summary="Move a ticket's status",
+)
 async def change_status(
     ticket_id: TicketId, body: schemas.ChangeStatus, request: Request, principal: Writer
 ) -> Response:
@@ -224,7 +240,11 @@ async def change_status(
 
 
 @router.post(
-    "/tickets/{ticket_id}/dispute", status_code=201, response_model=schemas.Dispute, summary="Dispute an invoice"
+    "/tickets/{ticket_id}/dispute",
+    status_code=201,
+    responses=problems.CONFLICT,
+    response_model=schemas.Dispute,
+    summary="Dispute an invoice",
 )
 async def open_dispute(ticket_id: TicketId, body: schemas.OpenDispute, request: Request, principal: Writer) -> Response:
     async def operation(conn: Conn) -> tuple[int, Any]:
