@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import asyncpg
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -92,6 +93,11 @@ async def _http(request: Request, exc: Exception) -> ProblemResponse:
     return problem(exc.status_code, detail, headers=getattr(exc, "headers", None))
 
 
+async def _bad_text(request: Request, exc: Exception) -> ProblemResponse:
+    """Text PostgreSQL cannot store (a NUL character) is bad input, not a server error."""
+    return problem(422, "text must not contain the NUL character (\\u0000)", slug="validation")
+
+
 async def _unexpected(request: Request, exc: Exception) -> ProblemResponse:
     log.exception("unhandled_error", path=request.url.path)
     return problem(500, "An unexpected error occurred; it has been logged.")
@@ -101,6 +107,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, _domain)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(asyncpg.CharacterNotInRepertoireError, _bad_text)
+    app.add_exception_handler(asyncpg.UntranslatableCharacterError, _bad_text)
     app.add_exception_handler(Exception, _unexpected)
 
 
