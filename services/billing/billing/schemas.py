@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from backoffice.events import Rfc3339
 from billing.aging import AGING_BUCKETS, AgingRow
 from billing.domain import Invoice
 from billing.payables import Bill
@@ -15,14 +16,10 @@ from billing.payables import Bill
 MAX_MINOR = 10**15  # far below bigint, so sums of many amounts never overflow
 
 
-def _utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
-
-
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
 Minor = Annotated[int, Field(gt=0, le=MAX_MINOR)]
 CustomerId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\s]+$")]
-Timestamp = Annotated[AwareDatetime, AfterValidator(_utc)]
+Timestamp = Rfc3339
 InvoiceStatus = Literal["open", "partially_paid", "paid", "overdue", "credited"]
 BillStatus = Literal["open", "partially_paid", "paid"]
 

@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
-from pydantic import AwareDatetime
 
 from backoffice import events
 from backoffice.db import Conn
@@ -20,7 +19,7 @@ CodePath = Annotated[str, Path(pattern=domain.ACCOUNT_CODE.pattern, description=
 CurrencyQuery = Annotated[
     str | None, Query(pattern=r"^[A-Z]{3}$", description="ISO 4217; may be left out when only one is in use")
 ]
-AsOf = Annotated[AwareDatetime | None, Query(description="RFC 3339 with offset; default now")]
+AsOf = Annotated[events.Rfc3339 | None, Query(description="RFC 3339 with offset; default now")]
 
 
 async def _account(conn: Conn, code: str) -> domain.Account:
@@ -87,8 +86,8 @@ async def general_ledger(
     request: Request,
     principal: Reader,
     currency: CurrencyQuery = None,
-    start: Annotated[AwareDatetime | None, Query(alias="from", description="effective at or after")] = None,
-    end: Annotated[AwareDatetime | None, Query(alias="to", description="effective at or before; default now")] = None,
+    start: Annotated[events.Rfc3339 | None, Query(alias="from", description="effective at or after")] = None,
+    end: Annotated[events.Rfc3339 | None, Query(alias="to", description="effective at or before; default now")] = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Page[schemas.LedgerLine]:

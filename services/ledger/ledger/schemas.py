@@ -8,7 +8,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from backoffice.events import UtcDatetime
+from backoffice.events import Rfc3339
 from ledger import domain, store
 
 MAX_MINOR = 10**15  # a quadrillion minor units per line: far beyond any real amount, far below bigint sums
@@ -55,13 +55,13 @@ class ManualLine(_In):
 class ManualEntry(_In):
     currency: Currency
     memo: str | None = Field(None, max_length=1000)
-    effective_at: UtcDatetime | None = Field(None, description="RFC 3339 with offset; default now")
+    effective_at: Rfc3339 | None = Field(None, description="RFC 3339 with offset; default now")
     lines: list[ManualLine] = Field(min_length=2, max_length=500)
 
 
 class Reversal(_In):
     memo: str | None = Field(None, max_length=1000)
-    effective_at: UtcDatetime | None = Field(None, description="default: now")
+    effective_at: Rfc3339 | None = Field(None, description="default: now")
 
 
 # --- responses ------------------------------------------------------------------------------------------------

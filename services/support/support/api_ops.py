@@ -6,7 +6,6 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from pydantic import AwareDatetime
 
 from backoffice import events
 from backoffice.auth import Principal, require
@@ -19,7 +18,7 @@ router = APIRouter(tags=["operations"])
 
 Admin = Annotated[Principal, Depends(require("support:admin"))]
 Reader = Annotated[Principal, Depends(require("support:read"))]
-Moment = Annotated[AwareDatetime | None, Query(description="RFC 3339 with offset")]
+Moment = Annotated[events.Rfc3339 | None, Query(description="RFC 3339 with offset")]
 CustomerPath = Annotated[str, Path(min_length=1, max_length=100)]
 
 
