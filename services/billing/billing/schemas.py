@@ -17,7 +17,7 @@ MAX_MINOR = 10**15  # far below bigint, so sums of many amounts never overflow
 
 
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
-Minor = Annotated[int, Field(gt=0, le=MAX_MINOR)]
+Minor = Annotated[int, Field(strict=True, gt=0, le=MAX_MINOR)]
 CustomerId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\s]+$")]
 Timestamp = Rfc3339
 InvoiceStatus = Literal["open", "partially_paid", "paid", "overdue", "credited"]
@@ -32,7 +32,7 @@ class _In(BaseModel):
 
 
 class Terms(_In):
-    payment_terms_days: int = Field(ge=0, le=365)
+    payment_terms_days: int = Field(strict=True, ge=0, le=365)
 
 
 class AllocationIn(_In):
@@ -52,13 +52,13 @@ class PaymentIn(_In):
 
 class VendorIn(_In):
     name: str = Field(min_length=1, max_length=200)
-    payment_terms_days: int = Field(30, ge=0, le=365)
+    payment_terms_days: int = Field(30, strict=True, ge=0, le=365)
 
 
 class BillLineIn(_In):
     description: str = Field(min_length=1, max_length=500)
     amount_minor: Minor
-    tax_minor: int = Field(0, ge=0, le=MAX_MINOR)
+    tax_minor: int = Field(0, strict=True, ge=0, le=MAX_MINOR)
 
 
 class BillIn(_In):
