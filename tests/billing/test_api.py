@@ -208,10 +208,11 @@ class TestPayments:
         ]:
             assert field in fields(problem(await pay(billing, "c", 100, **extra), 422)), extra
 
-    async def test_a_customer_cannot_pay_for_another(self, billing: Billing) -> None:
-        body = {"customer_id": "someone", "currency": "EUR", "amount_minor": 1, "method": "card", "reference": "r"}
-        headers = {**auth("billing:write", customer_id="me"), **key()}
-        problem(await billing.http.post("/payments", json=body, headers=headers), 404)
+    async def test_a_customer_token_cannot_record_payments_even_its_own(self, billing: Billing) -> None:
+        for customer in ("someone", "me"):
+            body = {"customer_id": customer, "currency": "EUR", "amount_minor": 1, "method": "card", "reference": "r"}
+            headers = {**auth("billing:write", customer_id="me"), **key()}
+            problem(await billing.http.post("/payments", json=body, headers=headers), 403)
 
     async def test_parallel_payments_never_take_more_than_the_balance(self, billing: Billing) -> None:
         customer = new_id("c")

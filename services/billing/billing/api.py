@@ -149,7 +149,7 @@ async def _apply_payment(conn: Conn, payment: domain.PaymentIn) -> schemas.Payme
     summary="Receive a payment: to the listed invoices, else oldest open invoice first; the rest is credit",
 )
 async def receive_payment(body: schemas.PaymentIn, request: Request, principal: Write) -> Response:
-    principal.ensure_visible(body.customer_id, what="customer")
+    staff_only(principal)
 
     async def operation(conn: Conn) -> tuple[int, Any]:
         return 201, await _apply_payment(conn, _payment_in(body))
@@ -254,4 +254,5 @@ async def statement(customer_id: CustomerPath, request: Request, principal: Read
 @router.post("/jobs/dunning", response_model=schemas.DunningRun, tags=["jobs"])
 async def dunning(request: Request, principal: Admin, as_of: AsOf = None) -> schemas.DunningRun:
     """Mark past-due invoices overdue and announce dunning levels 1, 2, 3 (at 1, 15, 30 days) once each."""
+    staff_only(principal)
     return await jobs.run_dunning(request.app.state.pool, as_of=as_of or datetime.now(UTC))

@@ -32,7 +32,7 @@ def after_seq(cursor: str | None) -> int | None:
 
 
 def staff_only(principal: Principal) -> None:
-    """Payables, terms and AP reports are for staff: a customer token is refused."""
+    """Payments, payables, terms, AP reports and jobs are for staff: a customer token is refused."""
     if principal.is_customer:
         raise Forbidden("this is for billing staff, not customers")
 

@@ -24,6 +24,8 @@ CustomerPath = Annotated[str, Path(min_length=1, max_length=100)]
 
 @router.post("/jobs/sla", response_model=schemas.SlaRun, summary="Report SLA breaches as of a moment (default now)")
 async def run_sla_job(request: Request, principal: Admin, as_of: Moment = None) -> schemas.SlaRun:
+    if principal.is_customer:
+        raise Forbidden("the SLA job is for agents")
     moment = as_of or events.now()
     settings: Settings = request.app.state.settings
     found = await jobs.run_sla(request.app.state.pool, as_of=moment, batch_size=settings.sla_batch_size)
