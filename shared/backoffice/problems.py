@@ -145,7 +145,13 @@ _DESCRIPTIONS = {
     422: "Invalid input; `errors` names each field",
 }
 
-CONFLICT: dict[int | str, dict[str, Any]] = {409: {"description": _DESCRIPTIONS[409]}}
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route that answers these problems beyond the ones `document` adds by itself."""
+    return {code: {"description": _DESCRIPTIONS[code]} for code in codes}
+
+
+CONFLICT = responses(409)
 
 
 def _errors_of(operation: dict[str, Any], path: str) -> set[int]:

@@ -71,7 +71,11 @@ async def _check_owner(conn: Conn, *, kind: str, ref_id: str | None, customer_id
 
 
 @router.post(
-    "/tickets", status_code=201, responses=problems.CONFLICT, response_model=schemas.Ticket, summary="Open a ticket"
+    "/tickets",
+    status_code=201,
+    responses=problems.responses(404, 409),
+    response_model=schemas.Ticket,
+    summary="Open a ticket",
 )
 async def open_ticket(body: schemas.OpenTicket, request: Request, principal: Writer) -> Response:
     principal.ensure_visible(body.customer_id, what="customer")
