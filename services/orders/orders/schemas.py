@@ -20,11 +20,12 @@ BillingStatus = Literal["not_invoiced", "invoiced", "paid"]
 
 
 def _short(n: int) -> Any:
-    return Field(min_length=1, max_length=n)
+    """Text of 1 to n characters, not all blank (taken as sent: the limit is the one the document shows)."""
+    return Field(min_length=1, max_length=n, pattern=r"\S")
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid")
 
 
 def _distinct(lines: list[LineIn]) -> list[LineIn]:

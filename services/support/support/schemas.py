@@ -10,8 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from support import domain, sla, timeline
 
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+# Not all blank, and taken as sent, so the length limits are the ones the document shows.
+Text = Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"\S")]
 CustomerId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}$")]
 Priority = Literal["low", "normal", "high", "urgent"]
 Status = Literal["new", "open", "pending", "resolved", "closed"]
