@@ -11,7 +11,9 @@ import asyncio
 import math
 import time
 import zlib
+from collections import deque
 from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 import orjson
@@ -103,6 +105,7 @@ class Relay:
         self._stopping = False
         self._balanced_at = -math.inf
         self._unmarked: list[int] = []  # published and acknowledged, marked sent with the next fetch
+        self._in_flight: deque[tuple[list[int], asyncio.Future[Any]]] = deque()  # sent, acks awaited
         self.kafka_ok = False
 
     async def run(self) -> None:
@@ -147,8 +150,9 @@ class Relay:
     async def stop(self) -> None:
         self._stopping = True
         try:
+            await self._settle(0)
             await self._mark_sent()
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except (TimeoutError, KafkaError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             pass  # unmarked rows are published again by the next relay; consumers skip them
         await self._reset(kafka=True)
 
@@ -172,6 +176,11 @@ class Relay:
         self.kafka_ok = True
 
     async def _reset(self, *, kafka: bool) -> None:
+        while self._in_flight:  # not known to be acknowledged: never marked, published again later
+            _, acks = self._in_flight.popleft()
+            if acks.done() and not acks.cancelled():
+                acks.exception()
+            acks.cancel()
         if kafka:
             self.kafka_ok = False
             if self.producer is not None:
@@ -191,6 +200,7 @@ class Relay:
     async def _cycle(self) -> None:
         assert self._conn is not None
         if not self.lanes or time.monotonic() - self._balanced_at >= self.poll_interval:
+            await self._settle(0)
             await self._mark_sent()  # before a lane may pass to another relay
             await self._balance_lanes()
             self._balanced_at = time.monotonic()
@@ -238,25 +248,39 @@ class Relay:
             await self._conn.execute("UPDATE outbox SET sent_at = now() WHERE seq = ANY($1::bigint[])", self._unmarked)
             self._unmarked = []
 
-    async def publish_batch(self) -> int:
-        """Publish one batch of this relay's lanes in outbox order, then mark the rows sent.
+    async def _settle(self, keep: int) -> None:
+        """Wait for the acknowledgements of all but `keep` batches in flight; those rows become `_unmarked`."""
+        while len(self._in_flight) > keep:
+            seqs, acks = self._in_flight[0]
+            await asyncio.wait_for(asyncio.shield(acks), 30)
+            self._in_flight.popleft()
+            self._unmarked += seqs
 
-        While a backlog lasts (full batches), the rows published last are marked in the statement that fetches the
-        next batch, which skips them explicitly: one round trip a batch instead of two.
+    async def publish_batch(self) -> int:
+        """Publish one batch of this relay's lanes in outbox order; rows are marked sent once acknowledged.
+
+        While a backlog lasts (full batches), the next batch is fetched and sent while the last one's
+        acknowledgements are awaited (the producer keeps each partition in order), and acknowledged rows are marked
+        in the statement that fetches the next batch, which skips them and those in flight explicitly.
         """
         assert self._conn is not None and self.producer is not None
         if not self.lanes:
             return 0
+        in_flight = [seq for seqs, _ in self._in_flight for seq in seqs]
         rows = await self._conn.fetch(
             "WITH marked AS (UPDATE outbox SET sent_at = now() WHERE seq = ANY($3::bigint[]))"
             " SELECT seq, topic, key, headers::text AS headers, payload FROM outbox"
-            " WHERE sent_at IS NULL AND lane = ANY($1::int[]) AND seq <> ALL($3::bigint[]) ORDER BY seq LIMIT $2",
+            " WHERE sent_at IS NULL AND lane = ANY($1::int[]) AND seq <> ALL($3::bigint[])"
+            " AND seq <> ALL($4::bigint[]) ORDER BY seq LIMIT $2",
             sorted(self.lanes),
             self.batch_size,
             self._unmarked,
+            in_flight,
         )
         self._unmarked = []
         if not rows:
+            await self._settle(0)
+            await self._mark_sent()
             return 0
         futures = []
         for row in rows:
@@ -266,9 +290,10 @@ class Relay:
                     self.topic_prefix + row["topic"], value=row["payload"], key=row["key"].encode(), headers=headers
                 )
             )
-        await asyncio.wait_for(asyncio.gather(*futures), 30)
-        self._unmarked = [r["seq"] for r in rows]
-        if len(rows) < self.batch_size:
+        self._in_flight.append(([r["seq"] for r in rows], asyncio.gather(*futures)))
+        full = len(rows) == self.batch_size
+        await self._settle(1 if full else 0)
+        if not full:
             await self._mark_sent()
         PUBLISHED.inc(len(rows))
         return len(rows)
