@@ -90,8 +90,11 @@ def issue_token(
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
-def require(*scopes: str) -> Callable[..., Coroutine[Any, Any, Principal]]:
-    """A dependency giving the caller's principal, after checking it holds any one of `scopes`."""
+def require(*scopes: str, staff_only: bool = False) -> Callable[..., Coroutine[Any, Any, Principal]]:
+    """A dependency giving the caller's principal, after checking it holds any one of `scopes`.
+
+    With `staff_only`, a customer token is refused too, before anything else about the request is looked at.
+    """
 
     async def dependency(
         request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
@@ -102,6 +105,8 @@ def require(*scopes: str) -> Callable[..., Coroutine[Any, Any, Principal]]:
         principal = verifier.verify(credentials.credentials)
         if scopes and not principal.scopes.intersection(scopes):
             raise Forbidden(f"this needs the scope {' or '.join(scopes)}")
+        if staff_only and principal.is_customer:
+            raise Forbidden("this is for staff, not for a customer token")
         return principal
 
     return dependency

@@ -14,14 +14,13 @@ from backoffice.db import Conn
 from backoffice.errors import Conflict, NotFound, Unprocessable
 from backoffice.pagination import Cursor, Limit, Page, page
 from billing import payables, schemas, store_payables
-from billing.deps import Read, Write, after_seq, staff_only
+from billing.deps import StaffRead, Write, after_seq
 
 router = APIRouter(tags=["payables"])
 
 
 @router.post("/vendors", status_code=201, responses=problems.CONFLICT, response_model=schemas.VendorOut)
 async def create_vendor(body: schemas.VendorIn, request: Request, principal: Write) -> Response:
-    staff_only(principal)
 
     async def operation(conn: Conn) -> tuple[int, Any]:
         row = await store_payables.insert_vendor(
@@ -34,9 +33,8 @@ async def create_vendor(body: schemas.VendorIn, request: Request, principal: Wri
 
 @router.get("/vendors", response_model=Page[schemas.VendorOut])
 async def list_vendors(
-    request: Request, principal: Read, limit: Limit = 50, cursor: Cursor = None
+    request: Request, principal: StaffRead, limit: Limit = 50, cursor: Cursor = None
 ) -> Page[schemas.VendorOut]:
-    staff_only(principal)
     rows = await store_payables.list_vendors(request.app.state.pool, after=after_seq(cursor), limit=limit + 1)
     found = page(rows, limit=limit, key=lambda r: [r["seq"]])
     return Page[schemas.VendorOut](
@@ -45,8 +43,7 @@ async def list_vendors(
 
 
 @router.get("/vendors/{vendor_id}", response_model=schemas.VendorOut)
-async def get_vendor(vendor_id: uuid.UUID, request: Request, principal: Read) -> schemas.VendorOut:
-    staff_only(principal)
+async def get_vendor(vendor_id: uuid.UUID, request: Request, principal: StaffRead) -> schemas.VendorOut:
     row = await store_payables.get_vendor(request.app.state.pool, vendor_id=str(vendor_id))
     if row is None:
         raise NotFound("vendor not found")
@@ -76,7 +73,6 @@ async def _receive_bill(conn: Conn, body: schemas.BillIn) -> schemas.BillOut:
 
 @router.post("/bills", status_code=201, responses=problems.CONFLICT, response_model=schemas.BillOut)
 async def receive_bill(body: schemas.BillIn, request: Request, principal: Write) -> Response:
-    staff_only(principal)
 
     async def operation(conn: Conn) -> tuple[int, Any]:
         return 201, await _receive_bill(conn, body)
@@ -89,13 +85,12 @@ async def receive_bill(body: schemas.BillIn, request: Request, principal: Write)
 @router.get("/bills", response_model=Page[schemas.BillOut])
 async def list_bills(
     request: Request,
-    principal: Read,
+    principal: StaffRead,
     vendor_id: uuid.UUID | None = None,
     status: schemas.BillStatus | None = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Page[schemas.BillOut]:
-    staff_only(principal)
     rows = await store_payables.list_bills(
         request.app.state.pool,
         vendor_id=str(vendor_id) if vendor_id else None,
@@ -108,8 +103,7 @@ async def list_bills(
 
 
 @router.get("/bills/{bill_id}", response_model=schemas.BillOut)
-async def get_bill(bill_id: uuid.UUID, request: Request, principal: Read) -> schemas.BillOut:
-    staff_only(principal)
+async def get_bill(bill_id: uuid.UUID, request: Request, principal: StaffRead) -> schemas.BillOut:
     async with request.app.state.pool.acquire() as conn:
         bill = await store_payables.get_bill(conn, bill_id=str(bill_id))
         if bill is None:
@@ -149,7 +143,6 @@ async def _pay_bill(conn: Conn, bill_id: str, body: schemas.BillPaymentIn) -> sc
 )
 async def pay_bill(bill_id: uuid.UUID, body: schemas.BillPaymentIn, request: Request, principal: Write) -> Response:
     """Pay a bill, partly or in full; more than is owed is 422. Answers the payment and the bill."""
-    staff_only(principal)
 
     async def operation(conn: Conn) -> tuple[int, Any]:
         return 201, await _pay_bill(conn, str(bill_id), body)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Request
 
 from billing import aging, schemas, store, store_payables, store_reports
-from billing.deps import AsOf, CurrencyQuery, CustomerQuery, Read, staff_only
+from billing.deps import AsOf, CurrencyQuery, CustomerQuery, Read, StaffRead
 
 router = APIRouter(prefix="/reports", tags=["reports"])
 
@@ -46,9 +46,8 @@ async def ar_aging(
 
 @router.get("/ap-aging", response_model=schemas.AgingReport, summary="Payables by days past due, per vendor")
 async def ap_aging(
-    request: Request, principal: Read, as_of: AsOf = None, currency: CurrencyQuery = None
+    request: Request, principal: StaffRead, as_of: AsOf = None, currency: CurrencyQuery = None
 ) -> schemas.AgingReport:
-    staff_only(principal)
     when = as_of or datetime.now(UTC)
     items = await store_payables.open_bill_items(request.app.state.pool, as_of=when, currency=currency)
     rows = aging.age(items, as_of=when)

@@ -7,14 +7,16 @@ from typing import Annotated
 from fastapi import Depends, Path, Query, Request
 
 from backoffice.auth import Principal, require
-from backoffice.errors import Forbidden, Unprocessable
+from backoffice.errors import Unprocessable
 from backoffice.pagination import decode_cursor
 from billing.schemas import Timestamp
 from billing.settings import Settings
 
 Read = Annotated[Principal, Depends(require("billing:read", "billing:write", "billing:admin"))]
-Write = Annotated[Principal, Depends(require("billing:write", "billing:admin"))]
-Admin = Annotated[Principal, Depends(require("billing:admin"))]
+# Payments, payables, terms, AP reports and jobs are for staff: a customer token is refused (403) up front.
+StaffRead = Annotated[Principal, Depends(require("billing:read", "billing:write", "billing:admin", staff_only=True))]
+Write = Annotated[Principal, Depends(require("billing:write", "billing:admin", staff_only=True))]
+Admin = Annotated[Principal, Depends(require("billing:admin", staff_only=True))]
 CustomerPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[^\s]+$")]
 CustomerQuery = Annotated[str | None, Query(max_length=128)]
 CurrencyQuery = Annotated[str | None, Query(pattern=r"^[A-Z]{3}$")]
@@ -29,12 +31,6 @@ def after_seq(cursor: str | None) -> int | None:
     if not isinstance(values[0], int) or isinstance(values[0], bool):
         raise Unprocessable("cursor is not valid", field="query.cursor")
     return values[0]
-
-
-def staff_only(principal: Principal) -> None:
-    """Payments, payables, terms, AP reports and jobs are for staff: a customer token is refused."""
-    if principal.is_customer:
-        raise Forbidden("this is for billing staff, not customers")
 
 
 def settings_of(request: Request) -> Settings:
