@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import orjson
+import pytest
 from fastapi import FastAPI
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, iter_route_contexts
 
 from backoffice.settings import ServiceSettings
-from tests.conftest import BOOTSTRAP, topics_fixture
+from tests.conftest import BOOTSTRAP, running, topics_fixture
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,8 @@ async def service_app(
 def api_routes(app: FastAPI) -> list[tuple[str, str, APIRoute]]:
     """Every (method, path, route) of the app but the public ones."""
     out = []
-    for route in app.routes:
+    for context in iter_route_contexts(app.routes):  # included routers' routes, with their prefixes
+        route = context.route
         if isinstance(route, APIRoute) and route.path not in PUBLIC:
             out += [(method, route.path, route) for method in sorted(route.methods - {"HEAD"})]
     return out
@@ -114,3 +117,21 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 topics = topics_fixture("security")
+
+
+@dataclass
+class Platform:
+    """The four services running (lifespan and all) on fresh databases; `http[name]` calls one in process."""
+
+    apps: dict[str, FastAPI]
+    http: dict[str, httpx.AsyncClient]
+
+
+@pytest.fixture(scope="package")
+async def platform(make_database: Callable[[str], Awaitable[str]], topics: str) -> AsyncIterator[Platform]:
+    async with AsyncExitStack() as stack:
+        apps, http = {}, {}
+        for name, service in SERVICES.items():
+            apps[name] = await service_app(service, make_database=make_database, topics=topics, database=f"sec_{name}")
+            http[name] = await stack.enter_async_context(running(apps[name]))
+        yield Platform(apps, http)
