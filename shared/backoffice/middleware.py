@@ -6,6 +6,7 @@ import time
 
 import orjson
 from prometheus_client import Counter, Histogram
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backoffice import context
@@ -32,8 +33,12 @@ def _problem_413() -> bytes:
     )
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(HTTPException):
+    """Raised from `receive` once a streamed body passes the limit: an HTTPException, so that FastAPI, which turns
+    any other error while reading a body into a 400, lets it through to the problem handlers as a 413."""
+
+    def __init__(self, max_body: int) -> None:
+        super().__init__(413, f"the request body is over {max_body} bytes")
 
 
 class BodyLimit:
@@ -60,7 +65,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body:
-                    raise _TooLarge
+                    raise _TooLarge(self.max_body)
             return message
 
         async def tracking_send(message: Message) -> None:
