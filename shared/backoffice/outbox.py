@@ -150,8 +150,9 @@ class Relay:
     async def stop(self) -> None:
         self._stopping = True
         try:
-            await self._settle(0)
-            await self._mark_sent()
+            async with asyncio.timeout(5):
+                await self._settle(0)
+                await self._mark_sent()
         except (TimeoutError, KafkaError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             pass  # unmarked rows are published again by the next relay; consumers skip them
         await self._reset(kafka=True)
@@ -208,7 +209,8 @@ class Relay:
         if sent < self.batch_size:
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                async with asyncio.timeout(self.poll_interval):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 
@@ -252,7 +254,8 @@ class Relay:
         """Wait for the acknowledgements of all but `keep` batches in flight; those rows become `_unmarked`."""
         while len(self._in_flight) > keep:
             seqs, acks = self._in_flight[0]
-            await asyncio.wait_for(asyncio.shield(acks), 30)
+            async with asyncio.timeout(30):  # not wait_for: on 3.11 it can swallow a cancellation
+                await asyncio.shield(acks)
             self._in_flight.popleft()
             self._unmarked += seqs
 
