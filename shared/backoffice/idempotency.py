@@ -15,6 +15,7 @@ import orjson
 from fastapi import Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import Response
+from pydantic import BaseModel
 
 from backoffice.auth import Principal
 from backoffice.db import Conn
@@ -58,37 +59,17 @@ async def run(
 ) -> Response:
     """Run `operation(conn)` in one transaction, at most once per (caller, Idempotency-Key)."""
     key = _key(request, required=required)
-    async with pool.acquire() as conn, conn.transaction():
-        if key is None:
+    if key is None:
+        async with pool.acquire() as conn, conn.transaction():
             status, body = await operation(conn)
-            return JSON(jsonable_encoder(body), status_code=status)
-        digest = request_hash(request.method, request.url.path, await request.body())
-        await conn.execute(f"SET LOCAL lock_timeout = '{int(wait_s * 1000)}ms'")
-        try:
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(31) || $2, 0))", principal.sub, key
-            )
-        except asyncpg.LockNotAvailableError as exc:
-            raise Conflict("a request with this Idempotency-Key is still in progress") from exc
-        await conn.execute("SET LOCAL lock_timeout = 0")
-        stored = await conn.fetchrow(
-            "SELECT request_hash, status_code, body FROM idempotency_keys WHERE principal = $1 AND key = $2",
-            principal.sub,
-            key,
-        )
+            return JSON(_encodable(body), status_code=status)
+    digest = request_hash(request.method, request.url.path, await request.body())
+    async with pool.acquire() as conn, conn.transaction():
+        stored = await _lock_and_find(conn, principal=principal, key=key, wait_s=wait_s)
         if stored is not None:
-            if stored["request_hash"] != digest:
-                raise Unprocessable(
-                    "this Idempotency-Key was used with a different request", field="header.Idempotency-Key"
-                )
-            return Response(
-                bytes(stored["body"]),
-                status_code=stored["status_code"],
-                media_type="application/json",
-                headers={"Idempotent-Replayed": "true"},
-            )
+            return _replay(stored, digest)
         status, body = await operation(conn)
-        encoded = orjson.dumps(jsonable_encoder(body))
+        encoded = orjson.dumps(_encodable(body))
         await conn.execute(
             "INSERT INTO idempotency_keys (principal, key, request_hash, status_code, body) VALUES ($1,$2,$3,$4,$5)",
             principal.sub,
@@ -98,6 +79,47 @@ async def run(
             encoded,
         )
         return Response(encoded, status_code=status, media_type="application/json")
+
+
+async def _lock_and_find(conn: Conn, *, principal: Principal, key: str, wait_s: float) -> asyncpg.Record | None:
+    """Take the (caller, key) lock for this transaction and return the stored response, if any.
+
+    Uncontended (nearly always) this is one round trip (`idempotency_claim`); a key in use by a request still in
+    flight is waited for up to `wait_s`, then 409.
+    """
+    row = await conn.fetchrow("SELECT * FROM idempotency_claim($1, $2)", principal.sub, key)
+    assert row is not None
+    if row["locked"]:
+        return row if row["request_hash"] is not None else None
+    await conn.execute(f"SET LOCAL lock_timeout = '{int(wait_s * 1000)}ms'")
+    try:
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(31) || $2, 0))", principal.sub, key)
+    except asyncpg.LockNotAvailableError as exc:
+        raise Conflict("a request with this Idempotency-Key is still in progress") from exc
+    await conn.execute("SET LOCAL lock_timeout = 0")
+    return await conn.fetchrow(
+        "SELECT request_hash, status_code, body FROM idempotency_keys WHERE principal = $1 AND key = $2",
+        principal.sub,
+        key,
+    )
+
+
+def _replay(stored: asyncpg.Record, digest: str) -> Response:
+    if stored["request_hash"] != digest:
+        raise Unprocessable("this Idempotency-Key was used with a different request", field="header.Idempotency-Key")
+    return Response(
+        bytes(stored["body"]),
+        status_code=stored["status_code"],
+        media_type="application/json",
+        headers={"Idempotent-Replayed": "true"},
+    )
+
+
+def _encodable(body: Any) -> Any:
+    """What `jsonable_encoder` gives, taking the short way for a pydantic model (the usual response)."""
+    if isinstance(body, BaseModel):
+        return body.model_dump(mode="json", by_alias=True)
+    return jsonable_encoder(body)
 
 
 async def purge(conn: Conn, *, older_than_s: float = 48 * 3600) -> int:
