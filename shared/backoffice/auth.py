@@ -46,11 +46,26 @@ class Principal:
 class Verifier:
     """Checks tokens: signature, algorithm, expiry; HS256 always, RS256 when a JWKS URL is configured."""
 
+    CACHE_SIZE = 4096
+
     def __init__(self, settings: ServiceSettings) -> None:
         self.secret = settings.jwt_secret.get_secret_value()
         self.jwks = jwt.PyJWKClient(settings.jwks_url, cache_keys=True) if settings.jwks_url else None
+        self._verified: dict[str, tuple[Principal, float]] = {}  # HS256 token -> (principal, exp)
 
     def verify(self, token: str) -> Principal:
+        """The token's principal; an HS256 token already verified is only checked for expiry again."""
+        known = self._verified.get(token)
+        if known is not None and known[1] > time.time():
+            return known[0]
+        principal, exp, alg = self._verify(token)
+        if alg == "HS256" and isinstance(exp, int | float):
+            if len(self._verified) >= self.CACHE_SIZE:
+                self._verified.clear()
+            self._verified[token] = (principal, float(exp))
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, Any, str]:
         try:
             header = jwt.get_unverified_header(token)
             alg = header.get("alg")
@@ -71,7 +86,8 @@ class Verifier:
         customer = claims.get("customer_id")
         if not isinstance(scope, str) or (customer is not None and not isinstance(customer, str)):
             raise Unauthorized("token claims are malformed")
-        return Principal(sub=str(claims["sub"]), scopes=frozenset(scope.split()), customer_id=customer)
+        principal = Principal(sub=str(claims["sub"]), scopes=frozenset(scope.split()), customer_id=customer)
+        return principal, claims.get("exp"), alg
 
 
 def issue_token(
