@@ -99,7 +99,11 @@ class Bench:
             from backoffice.topics import ensure_topics
 
             await ensure_topics(self.stack.bootstrap, prefix=relay.prefix, partitions=6)
+            spy = self._profile(f"outbox_relay-{mode}", 60)
             mine, theirs = await alternate(s, relay.ours, relay.baseline, s.relay_events)
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait()
             self._set("outbox_relay", mode, _timed_figures("outbox_relay", mine, theirs))
         if self.wanted("consumer_apply"):
             consumer = ConsumerBench(self.stack, await self.stack.database("bench_consumer"))

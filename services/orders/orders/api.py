@@ -158,8 +158,8 @@ async def place_order(body: schemas.PlaceOrder, request: Request, principal: Wri
         )
         await store.insert_order(conn, order=placed.order, now=now)
         await store.save_stock(conn, products=placed.products, now=now)
-        await workflow.record(conn, placed.events)
-        return 201, await _view(conn, placed.order.id)
+        recorded = await workflow.record(conn, placed.events)
+        return 201, workflow.new_order_view(placed.order, recorded=recorded, now=now)
 
     return await workflow.run(request, principal=principal, operation=operation)
 

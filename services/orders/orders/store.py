@@ -95,9 +95,14 @@ async def insert_adjustment(
 
 
 async def insert_order(conn: Conn, *, order: domain.Order, now: datetime) -> None:
+    """The order and its lines, in one statement."""
     await conn.execute(
-        "INSERT INTO orders (id, customer_id, currency, status, shipping_address, allow_backorder, total_minor,"
-        " placed_at, confirmed_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        "WITH o AS (INSERT INTO orders (id, customer_id, currency, status, shipping_address, allow_backorder,"
+        " total_minor, placed_at, confirmed_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        " RETURNING id)"
+        " INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price_minor, reserved)"
+        " SELECT o.id, l.n - 1, l.sku, l.quantity, l.price, l.reserved FROM o, unnest($11::text[], $12::int[],"
+        " $13::bigint[], $14::int[]) WITH ORDINALITY AS l(sku, quantity, price, reserved, n)",
         order.id,
         order.customer_id,
         order.currency,
@@ -108,11 +113,10 @@ async def insert_order(conn: Conn, *, order: domain.Order, now: datetime) -> Non
         order.placed_at,
         order.confirmed_at,
         now,
-    )
-    await conn.executemany(
-        "INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price_minor, reserved)"
-        " VALUES ($1, $2, $3, $4, $5, $6)",
-        [(order.id, n, li.sku, li.quantity, li.unit_price_minor, li.reserved) for n, li in enumerate(order.lines)],
+        [li.sku for li in order.lines],
+        [li.quantity for li in order.lines],
+        [li.unit_price_minor for li in order.lines],
+        [li.reserved for li in order.lines],
     )
 
 

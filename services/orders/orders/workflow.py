@@ -8,6 +8,7 @@ opposite directions.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 
 import asyncpg
@@ -18,6 +19,7 @@ from fastapi.responses import Response
 from backoffice import events, idempotency, outbox
 from backoffice.auth import Principal
 from backoffice.db import Conn
+from backoffice.envelope import Envelope
 from backoffice.errors import NotFound, Unavailable
 from orders import domain, schemas, store
 
@@ -35,10 +37,26 @@ async def run(request: Request, *, principal: Principal, operation: idempotency.
     raise Unavailable("the database is busy with conflicting changes; try again")
 
 
-async def record(conn: Conn, caused: Sequence[events.Event]) -> None:
+async def record(conn: Conn, caused: Sequence[events.Event]) -> list[Envelope]:
     """Publish the events (outbox) and add them to their orders' history, in the caller's transaction."""
     envelopes = await outbox.append_many(conn, caused)
     await store.append_history(conn, envelopes=envelopes)
+    return envelopes
+
+
+def new_order_view(order: domain.Order, *, recorded: Sequence[Envelope], now: datetime) -> schemas.Order:
+    """The view of an order just inserted, as `order_view` would read it back: no shipment, return or invoice yet,
+    and its history is the events just recorded."""
+    return schemas.Order.of(
+        replace(order, updated_at=now),
+        shipments=[],
+        returns=[],
+        invoices=[],
+        history=[
+            schemas.HistoryItem(type=e.event.name, occurred_at=e.time, data=e.event.model_dump(mode="json"))
+            for e in recorded
+        ],
+    )
 
 
 Decision = Callable[[domain.Order, Mapping[str, domain.Product]], domain.Outcome]
