@@ -18,6 +18,10 @@ _ENTRY_COLUMNS = (
     " e.posted_at, r.id AS reversed_by"
 )
 _BALANCE_CONSTRAINTS = "journal_entries_balance"
+# One round trip: fire the deferred balance checks now, then defer them again.
+_FIRE_BALANCE_CHECK = (
+    f"SET CONSTRAINTS {_BALANCE_CONSTRAINTS} IMMEDIATE; SET CONSTRAINTS {_BALANCE_CONSTRAINTS} DEFERRED"
+)
 
 
 @dataclass(frozen=True)
@@ -87,11 +91,17 @@ async def insert_entry(conn: Conn, *, entry: Entry) -> bool:
     """Write an entry and its lines; False (and nothing written) when its source event was posted already.
 
     The balance triggers are deferred to commit; they are fired here too, so a broken entry fails on this call.
+    The entry and its lines go in one statement (the lines only if the entry was inserted).
     """
     inserted = await conn.fetchval(
-        "INSERT INTO journal_entries (id, currency, memo, source_type, source_event_id, reverses_entry_id,"
+        "WITH e AS (INSERT INTO journal_entries (id, currency, memo, source_type, source_event_id, reverses_entry_id,"
         " effective_at, posted_at, line_count, total_minor) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-        " ON CONFLICT (source_event_id) DO NOTHING RETURNING true",
+        " ON CONFLICT (source_event_id) DO NOTHING RETURNING id),"
+        " lines AS (INSERT INTO journal_lines (entry_id, line_no, account, currency, effective_at, debit_minor,"
+        " credit_minor, party) SELECT e.id, l.no, l.account, $2, $7, l.debit, l.credit, l.party"
+        " FROM e, unnest($11::int[], $12::text[], $13::bigint[], $14::bigint[], $15::text[])"
+        " AS l(no, account, debit, credit, party) RETURNING 1)"
+        " SELECT count(*) > 0 FROM e",
         entry.id,
         entry.currency,
         entry.memo,
@@ -102,25 +112,15 @@ async def insert_entry(conn: Conn, *, entry: Entry) -> bool:
         entry.posted_at,
         len(entry.lines),
         entry.total_minor,
-    )
-    if not inserted:
-        return False
-    await conn.execute(
-        "INSERT INTO journal_lines (entry_id, line_no, account, currency, effective_at, debit_minor, credit_minor,"
-        " party) SELECT $1, l.no, l.account, $2, $3, l.debit, l.credit, l.party"
-        " FROM unnest($4::int[], $5::text[], $6::bigint[], $7::bigint[], $8::text[])"
-        " AS l(no, account, debit, credit, party)",
-        entry.id,
-        entry.currency,
-        entry.effective_at,
         list(range(1, len(entry.lines) + 1)),
         [line.account for line in entry.lines],
         [line.debit_minor for line in entry.lines],
         [line.credit_minor for line in entry.lines],
         [line.party for line in entry.lines],
     )
-    await conn.execute(f"SET CONSTRAINTS {_BALANCE_CONSTRAINTS} IMMEDIATE")
-    await conn.execute(f"SET CONSTRAINTS {_BALANCE_CONSTRAINTS} DEFERRED")
+    if not inserted:
+        return False
+    await conn.execute(_FIRE_BALANCE_CHECK)
     return True
 
 
