@@ -18,6 +18,7 @@ import asyncpg
 
 import ledger
 from backoffice import db, events
+from backoffice.db import Conn
 from backoffice.envelope import Envelope
 from backoffice.settings import ServiceSettings
 from bench.messaging import Timed
@@ -116,11 +117,12 @@ INSERT_ENTRY = (
 INSERT_LINES = (
     "INSERT INTO journal_lines (entry_id, line_no, account, currency, effective_at, debit_minor, credit_minor,"
     " party) SELECT $1, l.no, l.account, $2, $3, l.debit, l.credit, l.party"
-    " FROM unnest($4::int[], $5::text[], $6::bigint[], $7::bigint[], $8::text[]) AS l(no, account, debit, credit, party)"
+    " FROM unnest($4::int[], $5::text[], $6::bigint[], $7::bigint[], $8::text[])"
+    " AS l(no, account, debit, credit, party)"
 )
 
 
-async def _bare_insert(conn: asyncpg.Connection, entry: domain.Entry) -> None:
+async def _bare_insert(conn: Conn, entry: domain.Entry) -> None:
     await conn.execute(
         INSERT_ENTRY,
         entry.id,
@@ -165,7 +167,7 @@ class LedgerBench:
             await conn.close()
         return cls(stack, dsn)
 
-    async def _run(self, items: Sequence[object], apply: Callable[[asyncpg.Connection, object], Awaitable[None]]) -> Timed:
+    async def _run(self, items: Sequence[object], apply: Callable[[Conn, object], Awaitable[None]]) -> Timed:
         pool = await db.create_pool(ServiceSettings(database_url=self.dsn, db_pool_max=WORKERS, db_pool_min=WORKERS))
         chunks = iter([items[i : i + BATCH] for i in range(0, len(items), BATCH)])
 
@@ -184,7 +186,7 @@ class LedgerBench:
             await pool.close()
 
     async def ours(self, count: int, *, hot: bool = False) -> Timed:
-        async def post(conn: asyncpg.Connection, envelope: object) -> None:
+        async def post(conn: Conn, envelope: object) -> None:
             assert isinstance(envelope, Envelope)
             await handlers.on_billing_event(conn, envelope)
 
@@ -199,9 +201,8 @@ class LedgerBench:
                 domain.post(draft, entry_id=uuid.uuid4(), posted_at=events.now(), source_event_id=uuid.UUID(env.id))
             )
 
-        async def insert(conn: asyncpg.Connection, entry: object) -> None:
+        async def insert(conn: Conn, entry: object) -> None:
             assert isinstance(entry, domain.Entry)
             await _bare_insert(conn, entry)
 
         return await self._run(entries, insert)
-

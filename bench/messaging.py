@@ -173,10 +173,9 @@ class ConsumerBench:
 
         await wait_until(all_applied, timeout=600, interval=0.05)
         cpu = meter.cores()
-        first, last = await pool.fetchrow(
-            "SELECT min(applied_at), max(applied_at) FROM bench_effects WHERE run = $1", run
-        )
-        seconds = max((last - first).total_seconds(), 1e-6)
+        span = await pool.fetchrow("SELECT max(applied_at) - min(applied_at) FROM bench_effects WHERE run = $1", run)
+        assert span is not None
+        seconds = max(span[0].total_seconds(), 1e-6)
         return Timed((count - 1) / seconds, cpu)
 
     async def ours(self, count: int) -> Timed:

@@ -104,7 +104,7 @@ def _cell(f: Figures | None) -> tuple[str, ...]:
 def table(pairs: list[Pair]) -> str:
     head = ("name", "unit", "target", "ours", "baseline", "ratio", "met", "p50/p99 ms")
     off = ("ours", "baseline", "ratio", "met", "p50/p99 ms")
-    rows = [(*head, "| sync_commit=off:", *off)]
+    rows: list[tuple[str, ...]] = [(*head, "| sync_commit=off:", *off)]
     cpu_lines = []
     for pair in pairs:
         on, off_f = pair.modes.get("sync_on"), pair.modes.get("sync_off")

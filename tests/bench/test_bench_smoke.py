@@ -1,0 +1,69 @@
+"""The bench harness works: one tiny pair against the test PostgreSQL and Kafka. No timing is asserted here, ever:
+speed is judged by the ratios `make bench` prints."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from backoffice.db import SHARED_MIGRATIONS, Migration, load_migrations, migrate_dsn
+from bench import report
+from bench.ledger_post import LedgerBench
+from bench.loadgen import percentile
+from bench.stack import Stack
+from tests.conftest import ADMIN_DSN, BOOTSTRAP
+
+
+class _TestStack(Stack):
+    """The bench's stack, pointed at the test PostgreSQL and broker instead of starting its own."""
+
+    def __init__(self, make_database: Callable[[str], Awaitable[str]]) -> None:
+        self.make_database = make_database
+
+    @property
+    def bootstrap(self) -> str:
+        return BOOTSTRAP
+
+    def dsn(self, database: str) -> str:
+        return ADMIN_DSN.rsplit("/", 1)[0] + "/" + database
+
+    async def database(self, name: str, migrations: list[Migration] | None = None) -> str:
+        dsn = await self.make_database(name)
+        await migrate_dsn(dsn, migrations or load_migrations(SHARED_MIGRATIONS, namespace="shared"))
+        return dsn
+
+    def processes(self) -> dict[str, list[int]]:
+        return {"bench": [os.getpid()]}
+
+
+class TestHarness:
+    async def test_the_ledger_pair_runs_both_sides_and_reports_a_ratio(
+        self, make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
+        bench = await LedgerBench.create(_TestStack(make_database))  # type: ignore[arg-type]
+        ours = await bench.ours(24)
+        hot = await bench.ours(12, hot=True)
+        baseline = await bench.baseline(24)
+        assert ours.rate > 0 and hot.rate > 0 and baseline.rate > 0
+        pair = report.Pair("ledger_post", "entries/s", ">= 0.6")
+        pair.modes["sync_on"] = report.figures(pair.target, [ours.rate], [baseline.rate])
+        row = pair.row()
+        assert {"name", "ours", "baseline", "unit", "ratio", "target", "met"} <= set(row)
+        assert row["ratio"] == pytest.approx(ours.rate / baseline.rate, rel=0.01)
+        assert "ledger_post" in report.table([pair])
+
+
+class TestReport:
+    def test_a_value_target_is_judged_on_ours_and_a_ratio_target_on_the_ratio(self) -> None:
+        assert report.judge("<= 250", ours=200.0, ratio=None)
+        assert not report.judge("<= 250", ours=300.0, ratio=None)
+        assert report.judge(">= 0.5", ours=1.0, ratio=0.6)
+        assert not report.judge(">= 0.5", ours=1.0, ratio=math.nan)
+
+    def test_percentiles_are_nearest_rank(self) -> None:
+        values = [float(v) for v in range(1, 101)]
+        assert percentile(values, 50) == 50.0
+        assert percentile(values, 99) == 99.0
