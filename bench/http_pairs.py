@@ -175,16 +175,22 @@ async def _posted(stack: Stack, run_tag: str, *, expected: int, timeout: float) 
 
 
 async def max_rate(http: Http, *, start: float, ceiling: float, seconds: float) -> tuple[float, list[Step]]:
-    """Raise the rate by 30 % a step from `start` until the pipeline falls behind; the last rate it kept up with."""
+    """From `start`, 30 % up a step while the pipeline keeps up (down by 1.6x while it does not): the highest rate
+    it kept up with, and every step tried."""
     await pipeline_step(http, rate=2.0, seconds=3.0)  # warm-up: every consumer has joined its group
     steps: list[Step] = []
     best = 0.0
     rate = max(start, 1.0)
-    while rate <= ceiling:
+    while len(steps) < 8 and 1.0 <= rate <= ceiling:
         step = await pipeline_step(http, rate=rate, seconds=seconds)
         steps.append(step)
-        if not step.sustained:
+        if step.sustained:
+            best = rate
+            if any(not s.sustained for s in steps):
+                break  # came down to a rate it keeps up with
+            rate *= 1.3
+        elif best:
             break
-        best = rate
-        rate *= 1.3
+        else:
+            rate /= 1.6
     return best, steps
