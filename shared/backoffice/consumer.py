@@ -160,16 +160,23 @@ class Consumer:
         assert self._consumer is not None
         batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=self.batch_size)
         ASSIGNED.labels(self.group).set(len(self._consumer.assignment()))
-        handled = 0
+        applied: dict[TopicPartition, int] = {}
         for tp, records in batches.items():
             if not records:
                 continue
             if tp not in self._consumer.assignment():
                 continue  # revoked meanwhile: the new owner re-reads it, and its inbox skips what was applied
-            handled += await self._apply_partition(tp, records)
-        return handled
+            if await self._apply_partition(tp, records):
+                applied[tp] = records[-1].offset + 1
+        if applied:  # one commit for every partition applied (each transaction is already durable)
+            try:
+                await self._consumer.commit(applied)
+            except (CommitFailedError, IllegalStateError) as exc:
+                log.warning("commit_failed", group=self.group, partitions=len(applied), error=repr(exc))
+        return sum(len(batches[tp]) for tp in applied)
 
-    async def _apply_partition(self, tp: TopicPartition, records: list[ConsumerRecord]) -> int:  # type: ignore[type-arg]
+    async def _apply_partition(self, tp: TopicPartition, records: list[ConsumerRecord]) -> bool:  # type: ignore[type-arg]
+        """Apply one partition's batch (dead letters included); False when it is to be read again."""
         assert self._consumer is not None
         try:
             dead = await self._apply_batch(records)
@@ -189,12 +196,8 @@ class Consumer:
             )
             self._consumer.seek(tp, records[0].offset)
             await asyncio.sleep(0.5)
-            return 0
-        try:
-            await self._consumer.commit({tp: records[-1].offset + 1})
-        except (CommitFailedError, IllegalStateError) as exc:
-            log.warning("commit_failed", group=self.group, topic=tp.topic, partition=tp.partition, error=repr(exc))
-        return len(records)
+            return False
+        return True
 
     async def _apply_batch(self, records: list[ConsumerRecord]) -> list[DeadLetter]:  # type: ignore[type-arg]
         dead: list[DeadLetter] = []

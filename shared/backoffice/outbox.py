@@ -205,9 +205,9 @@ class Relay:
             await self._mark_sent()  # before a lane may pass to another relay
             await self._balance_lanes()
             self._balanced_at = time.monotonic()
+        self._wake.clear()  # before reading: a NOTIFY arriving while publishing wakes the next wait at once
         sent = await self.publish_batch()
         if sent < self.batch_size:
-            self._wake.clear()
             try:
                 async with asyncio.timeout(self.poll_interval):
                     await self._wake.wait()
