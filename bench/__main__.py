@@ -107,7 +107,11 @@ class Bench:
             self._set("outbox_relay", mode, _timed_figures("outbox_relay", mine, theirs))
         if self.wanted("consumer_apply"):
             consumer = ConsumerBench(self.stack, await self.stack.database("bench_consumer"))
+            spy = self._profile(f"consumer_apply-{mode}", 60)
             mine, theirs = await alternate(s, consumer.ours, consumer.baseline, s.consumer_events)
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait()
             self._set("consumer_apply", mode, _timed_figures("consumer_apply", mine, theirs))
         if self.wanted("ledger_post", "ledger_post_hot_account"):
             ledger = await LedgerBench.create(self.stack)
