@@ -13,8 +13,16 @@ from devstack import chaos
 async def test_kill_anything_lose_nothing_double_count_nothing(tmp_path: Path) -> None:
     orders = int(os.environ.get("CHAOS_ORDERS", "150"))
     seed = int(os.environ.get("CHAOS_SEED", "20261128"))
-    report = await chaos.run(orders=orders, seed=seed, kill_postgres=False, every=(2.0, 4.0), pause=(1.0, 2.0),
-                             min_kills=1, out=tmp_path / "chaos.json", deadline_s=600)
+    report = await chaos.run(
+        orders=orders,
+        seed=seed,
+        kill_postgres=False,
+        every=(2.0, 4.0),
+        pause=(1.0, 2.0),
+        min_kills=1,
+        out=tmp_path / "chaos.json",
+        deadline_s=600,
+    )
     written = json.loads((tmp_path / "chaos.json").read_text())
     assert written["seed"] == seed
     assert report.problems == []
