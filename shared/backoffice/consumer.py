@@ -296,6 +296,8 @@ class Consumer:
             self._failures.pop(key, None)
             log.error("handler_failed", group=self.group, type=envelope.type, event_id=envelope.id, error=repr(exc))
             return f"failed: {type(exc).__name__}: {exc}"
+        if self._failures:
+            self._failures.pop((record.topic, record.partition, record.offset), None)
         APPLIED.labels(self.group, envelope.type).inc()
         return None
 

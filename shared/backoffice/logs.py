@@ -8,6 +8,16 @@ import sys
 import structlog
 
 
+class _Stdout:
+    """Whatever `sys.stdout` is when a line is written: a logger made earlier never holds a closed stream."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
 def configure(*, service: str, level: str = "INFO") -> None:
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -18,7 +28,7 @@ def configure(*, service: str, level: str = "INFO") -> None:
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(_Stdout()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
@@ -29,7 +39,7 @@ def configure(*, service: str, level: str = "INFO") -> None:
             structlog.processors.JSONRenderer(),
         ],
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(_Stdout())
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
