@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
@@ -33,13 +34,40 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+# Connections that wrote outbox rows, and what to call once such a connection is back in the pool: its transaction
+# has ended by then, so a relay woken now finds the rows (no NOTIFY in the writer's transaction; see `outbox`).
+_outbox_writers: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
+_on_outbox_released: list[Callable[[], None]] = []
+
+
+def wrote_outbox(conn: Conn) -> None:
+    """Note that `conn` wrote outbox rows in its current transaction."""
+    raw = getattr(conn, "_con", None) or conn  # a pool hands out a proxy around the connection
+    _outbox_writers.add(raw)
+
+
+def on_outbox_released(callback: Callable[[], None]) -> Callable[[], None]:
+    """Call `callback` each time a pool connection that wrote outbox rows is released; returns the unsubscriber."""
+    _on_outbox_released.append(callback)
+    return lambda: _on_outbox_released.remove(callback) if callback in _on_outbox_released else None
+
+
+async def _reset_connection(conn: asyncpg.Connection) -> None:
+    if conn in _outbox_writers:
+        _outbox_writers.discard(conn)
+        for callback in tuple(_on_outbox_released):
+            callback()
+    await conn.reset()
+
+
 async def create_pool(settings: ServiceSettings) -> asyncpg.Pool:
-    """A pool whose connections encode and decode json/jsonb with orjson."""
+    """A pool whose connections encode and decode json/jsonb with orjson and wake the outbox relay after writes."""
     pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
         init=_init_connection,
+        reset=_reset_connection,
         timeout=10,
         command_timeout=30,
     )

@@ -3,6 +3,12 @@
 Rows are spread over `LANES` lanes by key. A relay publishes a lane only while it holds that lane's advisory
 lock, so two replicas never publish the same key's rows at once (no duplicates from racing, no reordering);
 lanes are shared fairly among the relays that are alive (each holds a shared "presence" lock).
+
+Waking: a writer does not NOTIFY in its own transaction. PostgreSQL serialises the commits of notifying transactions
+(a database-wide lock held through the WAL flush), which capped every writing endpoint at one commit per fsync. A
+pool connection that wrote outbox rows instead wakes this process's relay when it is released (its transaction is
+over); when other relays share the lanes, a background task sends them one NOTIFY per burst of writes. Rows written
+any other way are found by the poll every `poll_interval`.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
+from backoffice import db
 from backoffice.db import Conn
 from backoffice.envelope import Envelope, encode
 from backoffice.events import Event
@@ -76,6 +83,7 @@ async def append_many(conn: Conn, events: Sequence[Event | Envelope]) -> list[En
         await conn.execute(_INSERT, *rows[0])
     else:
         await conn.executemany(_INSERT, rows)
+    db.wrote_outbox(conn)
     return envelopes
 
 
@@ -111,11 +119,21 @@ class Relay:
         self._unmarked: list[int] = []  # published and acknowledged, marked sent with the next fetch
         self._in_flight: deque[tuple[list[int], asyncio.Future[Any]]] = deque()  # sent, acks awaited
         self.kafka_ok = False
+        self._peers = 1  # relays sharing the lanes, this one included, as of the last balancing
+        self._notify = asyncio.Event()
+
+    def _written(self) -> None:
+        """A connection of this process committed outbox rows: publish them now, and wake the other relays."""
+        self._wake.set()
+        if self._peers > 1:
+            self._notify.set()
 
     async def run(self) -> None:
         """Run until cancelled; every failure is retried with backoff."""
         backoff = 0.2
         measuring = asyncio.create_task(self._measure_loop(), name="outbox-measure")
+        notifying = asyncio.create_task(self._notify_loop(), name="outbox-notify")
+        unsubscribe = db.on_outbox_released(self._written)
         try:
             while not self._stopping:
                 try:
@@ -129,7 +147,28 @@ class Relay:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 10.0)
         finally:
+            unsubscribe()
             measuring.cancel()
+            notifying.cancel()
+
+    async def _notify_loop(self) -> None:
+        """One NOTIFY per burst of local writes, outside every writer's transaction, for the other relays."""
+        conn: Conn | None = None
+        while True:
+            await self._notify.wait()
+            self._notify.clear()
+            try:
+                if conn is None or conn.is_closed():
+                    conn = await asyncpg.connect(self.dsn, timeout=5)
+                    await conn.execute("SET synchronous_commit = off")
+                await conn.execute("NOTIFY outbox")
+            except asyncio.CancelledError:
+                if conn is not None:
+                    conn.terminate()
+                raise
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                conn = None  # the other relays poll meanwhile
+            await asyncio.sleep(0.005)
 
     async def _measure_loop(self) -> None:
         """Keep the age of the oldest unsent row current, even while publishing is stuck."""
@@ -236,6 +275,7 @@ class Relay:
             )
             or 1
         )
+        self._peers = relays
         share = math.ceil(LANES / relays)
         while len(self.lanes) > share:
             lane = max(self.lanes)

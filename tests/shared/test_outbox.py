@@ -10,8 +10,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from backoffice import outbox
+from backoffice import db, outbox
 from backoffice.envelope import header_map
+from backoffice.settings import ServiceSettings
 from backoffice.topics import ensure_topics, events_topic
 from devstack.kafka import KafkaBroker
 from tests.conftest import BOOTSTRAP, free_port, read_topic
@@ -156,3 +157,64 @@ class TestBrokerOutage:
         assert set(before + during) <= set(ce_ids(records))
         seqs = by_key(records)
         assert {k: seqs[k] for k in keys} == {k: list(range(20)) for k in keys}
+
+
+class TestWaking:
+    async def test_a_commit_through_the_pool_wakes_this_relay_and_notifies_the_other_before_any_poll(
+        self, topics: str, make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
+        dsn = await messaging_db(await make_database("outbox_wake"))
+        here = outbox.Relay(dsn=dsn, bootstrap=BOOTSTRAP, topic_prefix=topics, poll_interval=0.3)
+        there = outbox.Relay(dsn=dsn, bootstrap=BOOTSTRAP, topic_prefix=topics, poll_interval=0.3)
+        tasks = [asyncio.create_task(here.run())]
+        # `there` stands for a replica in another process: it hears only NOTIFY, never this process's pool.
+        tasks.append(asyncio.create_task(there.run()))
+        await asyncio.sleep(0)
+        db._on_outbox_released.remove(there._written)
+        pool = await db.create_pool(ServiceSettings(database_url=dsn))
+        try:
+            async with asyncio.timeout(20):
+                while not (len(here.lanes) == len(there.lanes) == outbox.LANES // 2):
+                    await asyncio.sleep(0.05)
+            here.poll_interval = there.poll_interval = 3600.0  # from now on only a wake-up publishes
+            await asyncio.sleep(0.5)  # the waits begun with the short interval are over
+            keys = [f"wake-{n}" for n in range(32)]
+            lanes = {outbox.lane_of(k) for k in keys}
+            assert lanes & here.lanes and lanes & there.lanes
+            async with pool.acquire() as conn, conn.transaction():
+                written = await outbox.append_many(conn, [numbered(k, 0) for k in keys])
+            records = await read_topic(
+                events_topic("orders", prefix=topics),
+                until=lambda rs: {e.id for e in written} <= set(ce_ids(rs)),
+                timeout=20,
+            )
+        finally:
+            await pool.close()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await here.stop()
+            await there.stop()
+        assert {e.id for e in written} <= set(ce_ids(records))
+
+    async def test_a_rolled_back_write_wakes_the_relay_for_nothing_and_publishes_nothing(
+        self, topics: str, make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
+        dsn = await messaging_db(await make_database("outbox_wake_rollback"))
+        pool = await db.create_pool(ServiceSettings(database_url=dsn))
+        try:
+            with contextlib.suppress(RuntimeError):
+                async with pool.acquire() as conn, conn.transaction():
+                    await outbox.append(conn, numbered("wake-rolled-back", 0))
+                    raise RuntimeError("abandon the change")
+            async with pool.acquire() as conn, conn.transaction():
+                kept = await outbox.append(conn, numbered("wake-kept", 0))
+        finally:
+            await pool.close()
+        assert not db._outbox_writers  # every writer was released, and forgotten
+        async with relaying(dsn, prefix=topics):
+            records = await read_topic(events_topic("orders", prefix=topics), until=lambda rs: kept.id in ce_ids(rs))
+        mine = [r.key.decode() for r in records if r.key.decode() in ("wake-rolled-back", "wake-kept")]
+        assert mine == ["wake-kept"]
