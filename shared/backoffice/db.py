@@ -8,7 +8,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias, cast
 
 import asyncpg
 import orjson
@@ -42,8 +42,8 @@ _on_outbox_released: list[Callable[[], None]] = []
 
 def wrote_outbox(conn: Conn) -> None:
     """Note that `conn` wrote outbox rows in its current transaction."""
-    raw = getattr(conn, "_con", None) or conn  # a pool hands out a proxy around the connection
-    _outbox_writers.add(raw)
+    raw = getattr(conn, "_con", conn)  # a pool hands out a proxy around the connection
+    _outbox_writers.add(cast(asyncpg.Connection, raw))
 
 
 def on_outbox_released(callback: Callable[[], None]) -> Callable[[], None]:
