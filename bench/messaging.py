@@ -86,11 +86,13 @@ class RelayBench:
         relay = outbox.Relay(dsn=self.dsn, bootstrap=self.stack.bootstrap, topic_prefix=self.prefix, poll_interval=0.5)
         task = asyncio.create_task(relay.run())
         conn = await asyncpg.connect(self.dsn)
+        writers = await db.create_pool(ServiceSettings(database_url=self.dsn, db_pool_min=1, db_pool_max=1))
         try:
             await conn.execute("TRUNCATE outbox")
             await wait_until(lambda: _true(len(relay.lanes) == outbox.LANES and relay.kafka_ok), timeout=60)
             meter = CpuMeter(self.stack.processes())
-            await self._fill(conn, count)
+            async with writers.acquire() as writer:  # a service's pool: its release wakes the relay
+                await self._fill(writer, count)
             started = time.perf_counter()
             await wait_until(lambda: _unsent_zero(conn), timeout=300)
             rate = count / (time.perf_counter() - started)
@@ -100,6 +102,7 @@ class RelayBench:
             await asyncio.gather(task, return_exceptions=True)
             await relay.stop()
             await conn.close()
+            await writers.close()
 
     async def baseline(self, count: int) -> Timed:
         conn = await asyncpg.connect(self.dsn)

@@ -34,7 +34,8 @@ def request_hash(method: str, path: str, body: bytes) -> str:
     return hashlib.sha256(method.encode() + b" " + path.encode() + b"\n" + canonical).hexdigest()
 
 
-def _key(request: Request, *, required: bool) -> str | None:
+def key_of(request: Request, *, required: bool = False) -> str | None:
+    """The request's Idempotency-Key, stripped; None when there is none (400 when `required`)."""
     key = request.headers.get("idempotency-key")
     if key is None or not key.strip():
         if required:
@@ -58,18 +59,18 @@ async def run(
     wait_s: float = 10.0,
 ) -> Response:
     """Run `operation(conn)` in one transaction, at most once per (caller, Idempotency-Key)."""
-    key = _key(request, required=required)
+    key = key_of(request, required=required)
     if key is None:
         async with pool.acquire() as conn, conn.transaction():
             status, body = await operation(conn)
-            return JSON(_encodable(body), status_code=status)
+            return JSON(encodable(body), status_code=status)
     digest = request_hash(request.method, request.url.path, await request.body())
     async with pool.acquire() as conn, conn.transaction():
         stored = await _lock_and_find(conn, principal=principal, key=key, wait_s=wait_s)
         if stored is not None:
-            return _replay(stored, digest)
+            return replay(stored, digest)
         status, body = await operation(conn)
-        encoded = orjson.dumps(_encodable(body))
+        encoded = orjson.dumps(encodable(body))
         await conn.execute(
             "INSERT INTO idempotency_keys (principal, key, request_hash, status_code, body) VALUES ($1,$2,$3,$4,$5)",
             principal.sub,
@@ -104,7 +105,8 @@ async def _lock_and_find(conn: Conn, *, principal: Principal, key: str, wait_s: 
     )
 
 
-def _replay(stored: asyncpg.Record, digest: str) -> Response:
+def replay(stored: asyncpg.Record, digest: str) -> Response:
+    """The response stored under the key, when `digest` is the same request's; 422 otherwise."""
     if stored["request_hash"] != digest:
         raise Unprocessable("this Idempotency-Key was used with a different request", field="header.Idempotency-Key")
     return Response(
@@ -115,7 +117,7 @@ def _replay(stored: asyncpg.Record, digest: str) -> Response:
     )
 
 
-def _encodable(body: Any) -> Any:
+def encodable(body: Any) -> Any:
     """What `jsonable_encoder` gives, taking the short way for a pydantic model (the usual response)."""
     if isinstance(body, BaseModel):
         return body.model_dump(mode="json", by_alias=True)

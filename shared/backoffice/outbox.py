@@ -36,6 +36,7 @@ from backoffice.events import Event
 LANES = 16
 _LOCK_CLASS = 7_310_100
 _PRESENCE = 7_310_099
+_MIN_CYCLE_S = 0.01
 
 log = structlog.get_logger("outbox")
 
@@ -54,6 +55,19 @@ def lane_of(key: str) -> int:
     return zlib.crc32(key.encode()) % LANES
 
 
+def row_of(env: Envelope) -> tuple[str, int, str, str, str, bytes]:
+    """The outbox columns of an envelope: event_id, lane, topic, key, headers (JSON text) and payload."""
+    _key, value, headers = encode(env)
+    return (
+        env.id,
+        lane_of(env.subject),
+        env.topic(),
+        env.subject,
+        orjson.dumps([[k, v.decode()] for k, v in headers]).decode(),
+        value,
+    )
+
+
 async def append(conn: Conn, event: Event | Envelope) -> Envelope:
     """Write one event to the outbox inside the caller's transaction."""
     envelope = event if isinstance(event, Envelope) else Envelope.wrap(event)
@@ -66,19 +80,7 @@ async def append_many(conn: Conn, events: Sequence[Event | Envelope]) -> list[En
     envelopes = [e if isinstance(e, Envelope) else Envelope.wrap(e) for e in events]
     if not envelopes:
         return []
-    rows = []
-    for env in envelopes:
-        _key, value, headers = encode(env)
-        rows.append(
-            (
-                env.id,
-                lane_of(env.subject),
-                env.topic(),
-                env.subject,
-                orjson.dumps([[k, v.decode()] for k, v in headers]).decode(),
-                value,
-            )
-        )
+    rows = [row_of(env) for env in envelopes]
     if len(rows) == 1:  # the usual case: a plain execute costs less than a batch of one
         await conn.execute(_INSERT, *rows[0])
     else:
@@ -249,13 +251,19 @@ class Relay:
             await self._balance_lanes()
             self._balanced_at = time.monotonic()
         self._wake.clear()  # before reading: a NOTIFY arriving while publishing wakes the next wait at once
+        started = time.monotonic()
         sent = await self.publish_batch()
         if sent < self.batch_size:
             try:
                 async with asyncio.timeout(self.poll_interval):
                     await self._wake.wait()
             except TimeoutError:
-                pass
+                return
+            # Under a steady trickle of writes, gather a few rows per batch rather than one per wake-up; a write
+            # after a quiet spell is published at once.
+            rest = started + _MIN_CYCLE_S - time.monotonic()
+            if rest > 0:
+                await asyncio.sleep(rest)
 
     async def _balance_lanes(self) -> None:
         """Hold a fair share of the lanes: release extras, try to take free ones."""

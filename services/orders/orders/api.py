@@ -13,7 +13,7 @@ from backoffice.auth import Principal, require
 from backoffice.db import Conn
 from backoffice.errors import Conflict, NotFound, Unprocessable
 from backoffice.pagination import Cursor, Limit, Page, decode_cursor, page
-from orders import domain, schemas, store, workflow
+from orders import domain, fastpath, schemas, store, workflow
 
 Reader = Annotated[Principal, Depends(require("orders:read"))]
 Writer = Annotated[Principal, Depends(require("orders:write"))]
@@ -141,6 +141,9 @@ async def place_order(body: schemas.PlaceOrder, request: Request, principal: Wri
     principal.ensure_visible(body.customer_id, what="customer")
     address = body.shipping_address
     shipping_address = address if isinstance(address, str) else address.model_dump(exclude_none=True)
+    placed = await fastpath.place_in_stock(request, principal=principal, body=body, shipping_address=shipping_address)
+    if placed is not None:
+        return placed
 
     async def operation(conn: Conn) -> tuple[int, Any]:
         now = events.now()

@@ -59,6 +59,12 @@ async def list_products(conn: Conn, *, after: str | None, limit: int) -> list[do
     return [_product(r) for r in rows]
 
 
+async def read_products(conn: Conn, *, skus: Iterable[str]) -> dict[str, domain.Product]:
+    """The products of `skus` that exist, as of now, without locking them."""
+    rows = await conn.fetch("SELECT * FROM products WHERE sku = ANY($1::text[])", list(set(skus)))
+    return {r["sku"]: _product(r) for r in rows}
+
+
 async def lock_products(conn: Conn, *, skus: Iterable[str]) -> dict[str, domain.Product]:
     """Lock the products of `skus` that exist, in SKU order (the fixed order every writer uses)."""
     rows = await conn.fetch(
