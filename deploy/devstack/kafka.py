@@ -49,6 +49,15 @@ def ensure_jars() -> Path:
     return KAFKA_LIBS
 
 
+def new_cluster_id() -> str:
+    """A random cluster id as Kafka writes them (base64url of 16 bytes), never starting with "-": the storage tool
+    would read such an id as an option and refuse to format (one id in 64 did, before)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 class KafkaBroker:
     """A broker with its own data directory and ports; `start` is idempotent, `kill` is a crash."""
 
@@ -117,7 +126,7 @@ class KafkaBroker:
     def _format(self) -> None:
         if (self.data / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = new_cluster_id()
         result = subprocess.run(
             self._java(
                 "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config), "--ignore-formatted"

@@ -13,7 +13,7 @@ import pytest
 
 from backoffice.envelope import header_map
 from backoffice.topics import ensure_topics
-from devstack.kafka import KafkaBroker, wait_ready
+from devstack.kafka import KafkaBroker, new_cluster_id, wait_ready
 from devstack.postgres import PostgresServer
 from tests.conftest import BOOTSTRAP, create_topics, eventually, free_port, produce, read_topic, running
 
@@ -24,6 +24,13 @@ def _app(service: str, **overrides: object):  # type: ignore[no-untyped-def]
     module = importlib.import_module(f"{service}.app")
     settings_cls = importlib.import_module(f"{service}.settings").Settings
     return module.create_app(settings_cls(**overrides))
+
+
+def test_a_new_cluster_id_is_base64url_of_16_bytes_and_never_reads_as_an_option() -> None:
+    ids = [new_cluster_id() for _ in range(2000)]  # before the fix, about 31 of these began with "-"
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+    assert all(set(i) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") for i in ids)
+    assert len(set(ids)) == len(ids)
 
 
 class TestBroker:
