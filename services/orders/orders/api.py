@@ -139,26 +139,14 @@ async def adjust_stock(sku: SkuPath, body: schemas.StockAdjustment, request: Req
 async def place_order(body: schemas.PlaceOrder, request: Request, principal: Writer) -> Response:
     """Price the lines from the catalogue and reserve their stock; short lines are a 409 unless backordered."""
     principal.ensure_visible(body.customer_id, what="customer")
-    address = body.shipping_address
-    shipping_address = address if isinstance(address, str) else address.model_dump(exclude_none=True)
-    placed = await fastpath.place_in_stock(request, principal=principal, body=body, shipping_address=shipping_address)
+    placed = await fastpath.place_in_stock(request, principal=principal, body=body)
     if placed is not None:
         return placed
 
     async def operation(conn: Conn) -> tuple[int, Any]:
         now = events.now()
-        items = body.items()
-        catalogue = await store.lock_products(conn, skus=[item.sku for item in items])
-        placed = domain.place_order(
-            order_id=str(uuid.uuid4()),
-            customer_id=body.customer_id,
-            currency=body.currency,
-            items=items,
-            catalogue=catalogue,
-            allow_backorder=body.allow_backorder,
-            shipping_address=shipping_address,
-            now=now,
-        )
+        catalogue = await store.lock_products(conn, skus=[item.sku for item in body.items()])
+        placed = workflow.place(body, catalogue=catalogue, now=now)
         await store.insert_order(conn, order=placed.order, now=now)
         await store.save_stock(conn, products=placed.products, now=now)
         recorded = await workflow.record(conn, placed.events)

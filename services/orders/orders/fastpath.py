@@ -14,9 +14,6 @@ stored answer to replay), a backorder, stock or a price that changed in between,
 
 from __future__ import annotations
 
-import uuid
-from typing import Any
-
 import asyncpg
 import orjson
 from fastapi import Request
@@ -26,33 +23,21 @@ from backoffice import db, events, idempotency, outbox
 from backoffice.auth import Principal
 from backoffice.envelope import Envelope
 from backoffice.errors import Conflict, DomainError
-from orders import domain, schemas, store, workflow
+from orders import schemas, store, workflow
 
 STALE = "BOS01"  # raised by place_order_in_stock when the snapshot no longer holds
 _WAIT_MS = 10_000  # as long as the locking path waits for a request with the same key
 
 
-async def place_in_stock(
-    request: Request, *, principal: Principal, body: schemas.PlaceOrder, shipping_address: Any
-) -> Response | None:
+async def place_in_stock(request: Request, *, principal: Principal, body: schemas.PlaceOrder) -> Response | None:
     """The 201 of an order placed in full from stock, or None when the locking path must decide."""
     key = idempotency.key_of(request)
-    items = body.items()
     pool: asyncpg.Pool = request.app.state.pool
     async with pool.acquire() as conn:
-        catalogue = await store.read_products(conn, skus=[item.sku for item in items])
+        catalogue = await store.read_products(conn, skus=[item.sku for item in body.items()])
         now = events.now()
         try:
-            placed = domain.place_order(
-                order_id=str(uuid.uuid4()),
-                customer_id=body.customer_id,
-                currency=body.currency,
-                items=items,
-                catalogue=catalogue,
-                allow_backorder=body.allow_backorder,
-                shipping_address=shipping_address,
-                now=now,
-            )
+            placed = workflow.place(body, catalogue=catalogue, now=now)
         except DomainError:
             return None
         order = placed.order
@@ -68,32 +53,15 @@ async def place_in_stock(
         try:
             stored = await conn.fetchrow(
                 "SELECT * FROM place_order_in_stock($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,"
-                " $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)",
+                " $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)",
                 principal.sub,
                 key,
                 digest,
                 201,
                 encoded,
                 _WAIT_MS,
-                order.id,
-                order.customer_id,
-                order.currency,
-                order.status,
-                order.shipping_address,
-                order.allow_backorder,
-                order.total_minor,
-                order.placed_at,
-                order.confirmed_at,
-                now,
-                [line.sku for line in order.lines],
-                [line.quantity for line in order.lines],
-                [line.unit_price_minor for line in order.lines],
-                [r[0] for r in rows],
-                [r[1] for r in rows],
-                [r[2] for r in rows],
-                [r[3] for r in rows],
-                [r[4] for r in rows],
-                [r[5] for r in rows],
+                *store.order_values(order, now=now),
+                *map(list, zip(*rows, strict=True)),  # the outbox columns, each as an array
                 [env.event.name for env in envelopes],
                 [env.time for env in envelopes],
                 [orjson.dumps(item.data).decode() for item in view.history],

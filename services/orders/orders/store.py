@@ -100,15 +100,10 @@ async def insert_adjustment(
 # --- orders ------------------------------------------------------------------------------------
 
 
-async def insert_order(conn: Conn, *, order: domain.Order, now: datetime) -> None:
-    """The order and its lines, in one statement."""
-    await conn.execute(
-        "WITH o AS (INSERT INTO orders (id, customer_id, currency, status, shipping_address, allow_backorder,"
-        " total_minor, placed_at, confirmed_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-        " RETURNING id)"
-        " INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price_minor, reserved)"
-        " SELECT o.id, l.n - 1, l.sku, l.quantity, l.price, l.reserved FROM o, unnest($11::text[], $12::int[],"
-        " $13::bigint[], $14::int[]) WITH ORDINALITY AS l(sku, quantity, price, reserved, n)",
+def order_values(order: domain.Order, *, now: datetime) -> tuple[Any, ...]:
+    """The columns of a new order (id ... updated_at) and its lines as arrays (sku, quantity, price, reserved): the
+    parameters of `insert_order`, and the same ones of `place_order_in_stock`."""
+    return (
         order.id,
         order.customer_id,
         order.currency,
@@ -123,6 +118,19 @@ async def insert_order(conn: Conn, *, order: domain.Order, now: datetime) -> Non
         [li.quantity for li in order.lines],
         [li.unit_price_minor for li in order.lines],
         [li.reserved for li in order.lines],
+    )
+
+
+async def insert_order(conn: Conn, *, order: domain.Order, now: datetime) -> None:
+    """The order and its lines, in one statement."""
+    await conn.execute(
+        "WITH o AS (INSERT INTO orders (id, customer_id, currency, status, shipping_address, allow_backorder,"
+        " total_minor, placed_at, confirmed_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        " RETURNING id)"
+        " INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price_minor, reserved)"
+        " SELECT o.id, l.n - 1, l.sku, l.quantity, l.price, l.reserved FROM o, unnest($11::text[], $12::int[],"
+        " $13::bigint[], $14::int[]) WITH ORDINALITY AS l(sku, quantity, price, reserved, n)",
+        *order_values(order, now=now),
     )
 
 

@@ -7,6 +7,7 @@ opposite directions.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -42,6 +43,21 @@ async def record(conn: Conn, caused: Sequence[events.Event]) -> list[Envelope]:
     envelopes = await outbox.append_many(conn, caused)
     await store.append_history(conn, envelopes=envelopes)
     return envelopes
+
+
+def place(body: schemas.PlaceOrder, *, catalogue: Mapping[str, domain.Product], now: datetime) -> domain.Outcome:
+    """Price the order's lines from `catalogue` and reserve their stock (`domain.place_order`), under a new id."""
+    address = body.shipping_address
+    return domain.place_order(
+        order_id=str(uuid.uuid4()),
+        customer_id=body.customer_id,
+        currency=body.currency,
+        items=body.items(),
+        catalogue=catalogue,
+        allow_backorder=body.allow_backorder,
+        shipping_address=address if isinstance(address, str) else address.model_dump(exclude_none=True),
+        now=now,
+    )
 
 
 def new_order_view(order: domain.Order, *, recorded: Sequence[Envelope], now: datetime) -> schemas.Order:
