@@ -229,6 +229,8 @@ class Consumer:
         A handler that rejects its event or fails unexpectedly rolls the batch back (`_Rejected`); the batch is then
         applied record by record with a savepoint each, which isolates (and dead-letters) just that record.
         """
+        applied: dict[str, int] = {}
+        duplicates = 0
         async with conn.transaction():
             fresh = {
                 str(r["event_id"])
@@ -243,7 +245,7 @@ class Consumer:
             }
             for _, envelope, handler in todo:
                 if envelope.id not in fresh:
-                    DUPLICATES.labels(self.group).inc()
+                    duplicates += 1
                     continue
                 fresh.discard(envelope.id)  # the same event twice in one batch is applied once
                 context.bind(correlation=envelope.correlation_id, parent=envelope.traceparent)
@@ -253,7 +255,12 @@ class Consumer:
                     if is_transient(exc):
                         raise
                     raise _Rejected from exc
-                APPLIED.labels(self.group, envelope.type).inc()
+                applied[envelope.type] = applied.get(envelope.type, 0) + 1
+        # counted once the transaction has committed, one metric update per type rather than per event
+        if duplicates:
+            DUPLICATES.labels(self.group).inc(duplicates)
+        for kind, count in applied.items():
+            APPLIED.labels(self.group, kind).inc(count)
 
     async def _apply_each(self, conn: Conn, todo: list[tuple[ConsumerRecord, Envelope, Handler]]) -> list[DeadLetter]:  # type: ignore[type-arg]
         dead: list[DeadLetter] = []

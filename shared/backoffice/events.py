@@ -34,6 +34,9 @@ def _rfc3339(value: Any) -> Any:
 Rfc3339 = Annotated[UtcDatetime, BeforeValidator(_rfc3339)]
 
 
+_CE_TYPES: dict[type, str] = {}  # every event class's CloudEvents type, once computed (read for every record)
+
+
 class Event(BaseModel):
     """Base of every event: frozen, ignores fields it does not know, knows its topic and record key."""
 
@@ -46,7 +49,10 @@ class Event(BaseModel):
 
     @classmethod
     def ce_type(cls) -> str:
-        return f"backoffice.{cls.service}.{cls.name}.v{cls.version}"
+        known = _CE_TYPES.get(cls)
+        if known is None:
+            known = _CE_TYPES[cls] = f"backoffice.{cls.service}.{cls.name}.v{cls.version}"
+        return known
 
     @property
     def key(self) -> str:

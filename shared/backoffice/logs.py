@@ -7,6 +7,8 @@ import sys
 
 import structlog
 
+from backoffice import context
+
 
 class _Stdout:
     """Whatever `sys.stdout` is when a line is written: a logger made earlier never holds a closed stream."""
@@ -21,6 +23,7 @@ class _Stdout:
 def configure(*, service: str, level: str = "INFO") -> None:
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
+        context.add_to_log,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="time"),
         lambda _, __, event: {"service": service, **event},
