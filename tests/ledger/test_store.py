@@ -6,6 +6,7 @@ import uuid
 from datetime import timedelta
 
 import asyncpg
+import orjson
 import pytest
 
 from backoffice.events import now
@@ -177,18 +178,23 @@ class TestLineRules:
 
 
 class TestStore:
-    async def test_insert_entry_reports_a_duplicate_source_event(self, conn: asyncpg.Connection) -> None:
+    async def test_post_entry_reports_a_duplicate_source_event_and_announces_only_the_first(
+        self, conn: asyncpg.Connection
+    ) -> None:
         source = uuid.uuid4()
         draft = domain.posting_for(invoice_issued(customer=uid("c-"), subtotal=100), occurred_at=T0)
         assert draft is not None
         async with conn.transaction():
             first = domain.post(draft, entry_id=uuid.uuid4(), posted_at=now(), source_event_id=source)
-            assert await store.insert_entry(conn, entry=first)
+            assert await store.post_entry(conn, entry=first)
             second = domain.post(draft, entry_id=uuid.uuid4(), posted_at=now(), source_event_id=source)
-            assert not await store.insert_entry(conn, entry=second)
+            assert not await store.post_entry(conn, entry=second)
         assert await conn.fetchval("SELECT count(*) FROM journal_entries WHERE source_event_id = $1", source) == 1
+        for entry, expected in ((first, 1), (second, 0)):  # announced by the entry that was posted only
+            announced = await conn.fetch("SELECT payload FROM outbox WHERE key = $1", str(entry.id))
+            assert [orjson.loads(r["payload"])["source_event_id"] for r in announced] == [str(source)] * expected
 
-    async def test_insert_entry_fails_at_once_for_an_unbalanced_entry(self, conn: asyncpg.Connection) -> None:
+    async def test_post_entry_fails_at_once_for_an_unbalanced_entry(self, conn: asyncpg.Connection) -> None:
         bad = domain.Entry(
             id=uuid.uuid4(),
             currency="EUR",
@@ -200,15 +206,16 @@ class TestStore:
         async with conn.transaction():
             with pytest.raises(asyncpg.CheckViolationError):
                 async with conn.transaction():  # a savepoint, as the consumer uses per record
-                    await store.insert_entry(conn, entry=bad)
+                    await store.post_entry(conn, entry=bad)
             assert await conn.fetchval("SELECT count(*) FROM journal_entries WHERE id = $1", bad.id) == 0
+            assert await conn.fetchval("SELECT count(*) FROM outbox WHERE key = $1", str(bad.id)) == 0
 
     async def test_balance_as_of_uses_effective_time(self, conn: asyncpg.Connection) -> None:
         account = uid("A")
         await store.insert_account(conn, account=domain.Account(account, "test", "asset"))
         for days, amount in ((0, 100), (10, 20), (20, 3)):
             async with conn.transaction():
-                await store.insert_entry(
+                await store.post_entry(
                     conn,
                     entry=domain.Entry(
                         id=uuid.uuid4(),

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from backoffice import events, idempotency, outbox, problems
+from backoffice import events, idempotency, problems
 from backoffice.db import Conn
 from backoffice.errors import Conflict, NotFound, Unprocessable
 from backoffice.pagination import Cursor, Limit, Page, decode_cursor, page
@@ -92,8 +92,7 @@ async def post_manual_entry(body: schemas.ManualEntry, request: Request, princip
             memo=body.memo,
         )
         entry = domain.post(draft, entry_id=uuid.uuid4(), posted_at=now, source_event_id=None)
-        await store.insert_entry(conn, entry=entry)
-        await outbox.append(conn, domain.posted_event(entry))
+        await store.post_entry(conn, entry=entry)
         return 201, schemas.Entry.of(entry)
 
     return await idempotency.run(
@@ -126,8 +125,7 @@ async def reverse_entry(
             effective_at=options.effective_at,
             memo=options.memo,
         )
-        await store.insert_entry(conn, entry=reversal)
-        await outbox.append(conn, domain.posted_event(reversal))
+        await store.post_entry(conn, entry=reversal)
         return 201, schemas.Entry.of(reversal)
 
     return await idempotency.run(request, pool=request.app.state.pool, principal=principal, operation=operation)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from backoffice import events, outbox
+from backoffice import events
 from backoffice.consumer import Handler
 from backoffice.db import Conn
 from backoffice.envelope import Envelope
@@ -23,8 +23,7 @@ async def on_billing_event(conn: Conn, envelope: Envelope) -> None:
         if opened is not None:
             await store.insert_account(conn, account=opened)
     entry = domain.post(draft, entry_id=uuid.uuid4(), posted_at=events.now(), source_event_id=uuid.UUID(envelope.id))
-    if await store.insert_entry(conn, entry=entry):
-        await outbox.append(conn, domain.posted_event(entry))
+    await store.post_entry(conn, entry=entry)
 
 
 HANDLERS: dict[type[events.Event], Handler] = {cls: on_billing_event for cls in domain.POSTED_EVENTS}

@@ -10,17 +10,15 @@ from typing import Any, cast
 
 import asyncpg
 
+from backoffice import db, outbox
 from backoffice.db import Conn
+from backoffice.envelope import Envelope
+from ledger import domain
 from ledger.domain import Account, AccountType, Entry, Line
 
 _ENTRY_COLUMNS = (
     "e.id, e.seq, e.currency, e.memo, e.source_type, e.source_event_id, e.reverses_entry_id, e.effective_at,"
     " e.posted_at, r.id AS reversed_by"
-)
-_BALANCE_CONSTRAINTS = "journal_entries_balance"
-# One round trip: fire the deferred balance checks now, then defer them again.
-_FIRE_BALANCE_CHECK = (
-    f"SET CONSTRAINTS {_BALANCE_CONSTRAINTS} IMMEDIATE; SET CONSTRAINTS {_BALANCE_CONSTRAINTS} DEFERRED"
 )
 
 
@@ -87,21 +85,16 @@ async def insert_account(conn: Conn, *, account: Account) -> bool:
 # --- entries --------------------------------------------------------------------------------------------------
 
 
-async def insert_entry(conn: Conn, *, entry: Entry) -> bool:
-    """Write an entry and its lines; False (and nothing written) when its source event was posted already.
+async def post_entry(conn: Conn, *, entry: Entry) -> bool:
+    """Write an entry, its lines and the `JournalEntryPosted` announcing it, in one round trip (`post_entry`,
+    migration 0004); False, and nothing written, when its source event was posted already.
 
-    The balance triggers are deferred to commit; they are fired here too, so a broken entry fails on this call.
-    The entry and its lines go in one statement (the lines only if the entry was inserted).
+    The deferred balance check is fired on this call too, so a broken entry fails here, not at commit.
     """
-    inserted = await conn.fetchval(
-        "WITH e AS (INSERT INTO journal_entries (id, currency, memo, source_type, source_event_id, reverses_entry_id,"
-        " effective_at, posted_at, line_count, total_minor) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-        " ON CONFLICT (source_event_id) DO NOTHING RETURNING id),"
-        " lines AS (INSERT INTO journal_lines (entry_id, line_no, account, currency, effective_at, debit_minor,"
-        " credit_minor, party) SELECT e.id, l.no, l.account, $2, $7, l.debit, l.credit, l.party"
-        " FROM e, unnest($11::int[], $12::text[], $13::bigint[], $14::bigint[], $15::text[])"
-        " AS l(no, account, debit, credit, party) RETURNING 1)"
-        " SELECT count(*) > 0 FROM e",
+    envelope = Envelope.wrap(domain.posted_event(entry))
+    posted = await conn.fetchval(
+        "SELECT post_entry($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,"
+        " $20, $21)",
         entry.id,
         entry.currency,
         entry.memo,
@@ -117,11 +110,11 @@ async def insert_entry(conn: Conn, *, entry: Entry) -> bool:
         [line.debit_minor for line in entry.lines],
         [line.credit_minor for line in entry.lines],
         [line.party for line in entry.lines],
+        *outbox.row_of(envelope),
     )
-    if not inserted:
-        return False
-    await conn.execute(_FIRE_BALANCE_CHECK)
-    return True
+    if posted:
+        db.wrote_outbox(conn)
+    return bool(posted)
 
 
 async def _with_lines(conn: Conn, rows: Sequence[asyncpg.Record]) -> list[StoredEntry]:
