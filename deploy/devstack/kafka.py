@@ -114,6 +114,7 @@ class KafkaBroker:
             "-Xms256m",
             "-Xmx768m",
             "-XX:+UseG1GC",
+            "-XX:TieredStopAtLevel=1",
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={LOG4J}",
             f"-Dkafka.logs.dir={self.logs}",

@@ -5,17 +5,24 @@ handler raises a permanent error is rolled back to its savepoint and dead-letter
 (database or broker unreachable, timeout, serialization conflict) aborts the batch, which is re-read from its
 first offset after a backoff. Offsets are committed only after the transaction commits and the dead letters
 are acknowledged, so a crash at any point re-delivers, and the inbox makes re-delivery a no-op.
+
+Because the inbox, not the offset, is what makes an event apply once, offsets are committed at a pace rather than
+after every poll: at most every `commit_interval` seconds while records flow, at once when the partitions go
+quiet, when they are revoked and when the consumer stops. Under a trickle a commit per poll (a write to
+`__consumer_offsets` each) was a large share of the broker's work; the cost of the pace is that a crash re-reads
+at most an interval's worth of records, which the inbox skips.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import asyncpg
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from prometheus_client import Counter, Gauge
 
@@ -59,6 +66,19 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TRANSIENT)
 
 
+class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Before partitions go to another member, commit what was applied of them, so it need not re-read that."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self.consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.consumer.commit(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        return None
+
+
 class _Rejected(Exception):
     """A handler refused or failed in the batch's fast path: redo the batch with a savepoint per record."""
 
@@ -82,6 +102,7 @@ class Consumer:
         handlers: Mapping[type[Event], Handler],
         batch_size: int = 500,
         producer: AIOKafkaProducer | None = None,
+        commit_interval: float = 0.5,
     ) -> None:
         self.group = group
         self.topics = topics
@@ -93,6 +114,9 @@ class Consumer:
         self._own_producer = producer is None
         self._consumer: AIOKafkaConsumer | None = None
         self._failures: dict[tuple[str, int, int], int] = {}
+        self.commit_interval = commit_interval
+        self._uncommitted: dict[TopicPartition, int] = {}  # next offset per partition, applied but not committed
+        self._committed_at = time.monotonic()
         self.running = False
 
     async def run(self) -> None:
@@ -131,7 +155,7 @@ class Consumer:
             max_poll_records=self.batch_size,
             isolation_level="read_committed",
         )
-        consumer.subscribe(self.topics)
+        consumer.subscribe(self.topics, listener=_CommitOnRevoke(self))
         try:
             await consumer.start()
         except BaseException:
@@ -142,7 +166,10 @@ class Consumer:
 
     async def _close(self) -> None:
         self.running = False
+        if self._consumer is not None:
+            await self.commit()
         consumer, self._consumer = self._consumer, None
+        self._uncommitted.clear()
         if consumer is not None:
             try:
                 await asyncio.wait_for(consumer.stop(), 15)
@@ -168,13 +195,32 @@ class Consumer:
         ASSIGNED.labels(self.group).set(len(assignment))
         # A partition revoked meanwhile is skipped: its new owner re-reads it, and the inbox skips what was applied.
         live = {tp: records for tp, records in batches.items() if records and tp in assignment}
-        if not live or not await self._apply_partitions(live):
+        if not live:
+            await self.commit()  # quiet: whatever was applied is committed now
             return 0
-        try:  # one commit for every partition applied (the transaction is already durable)
-            await self._consumer.commit({tp: records[-1].offset + 1 for tp, records in live.items()})
-        except (CommitFailedError, IllegalStateError) as exc:
-            log.warning("commit_failed", group=self.group, partitions=len(live), error=repr(exc))
+        if not await self._apply_partitions(live):
+            return 0
+        still = self._consumer.assignment()
+        for tp, records in live.items():  # the transaction is durable: these offsets may be committed
+            if tp in still:
+                self._uncommitted[tp] = records[-1].offset + 1
+        if time.monotonic() - self._committed_at >= self.commit_interval:
+            await self.commit()
         return sum(len(records) for records in live.values())
+
+    async def commit(self, partitions: set[TopicPartition] | None = None) -> None:
+        """Commit the offsets applied so far (of `partitions` only, when given); a failure is logged and left to the
+        inbox: whatever is re-read is skipped."""
+        pending = {tp: o for tp, o in self._uncommitted.items() if partitions is None or tp in partitions}
+        self._committed_at = time.monotonic()
+        if not pending or self._consumer is None:
+            return
+        for tp in pending:
+            del self._uncommitted[tp]
+        try:
+            await self._consumer.commit(pending)
+        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            log.warning("commit_failed", group=self.group, partitions=len(pending), error=repr(exc))
 
     async def _apply_partitions(self, live: dict[TopicPartition, list[ConsumerRecord]]) -> bool:  # type: ignore[type-arg]
         """Apply the batches (dead letters included); False when they are to be read again."""

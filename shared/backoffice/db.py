@@ -53,11 +53,18 @@ def on_outbox_released(callback: Callable[[], None]) -> Callable[[], None]:
 
 
 async def _reset_connection(conn: asyncpg.Connection) -> None:
+    """Run by the pool on release, after asyncpg has rolled back any transaction left open: wake the relay for the
+    outbox rows the connection wrote.
+
+    Given a `reset` hook, asyncpg no longer sends its default reset query (`pg_advisory_unlock_all(); CLOSE ALL;
+    UNLISTEN *; RESET ALL`), which cost a round trip and a statement on every release. Pool connections here never
+    carry session state: settings are `SET LOCAL`, advisory locks are transaction-scoped (the migration lock is
+    released in a `finally`), and LISTEN runs on the relay's own connections.
+    """
     if conn in _outbox_writers:
         _outbox_writers.discard(conn)
         for callback in tuple(_on_outbox_released):
             callback()
-    await conn.reset()
 
 
 async def create_pool(settings: ServiceSettings) -> asyncpg.Pool:

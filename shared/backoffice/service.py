@@ -112,6 +112,7 @@ def _lifespan(spec: ServiceSpec) -> Callable[[FastAPI], Any]:
                 bootstrap=settings.kafka_bootstrap_servers,
                 handlers=spec.handlers,
                 batch_size=settings.consumer_batch_size,
+                commit_interval=settings.consumer_commit_interval_s,
             )
             app.state.consumer = consumer
             tasks.append(asyncio.create_task(consumer.run(), name="consumer"))

@@ -28,6 +28,7 @@ class ServiceSettings(BaseSettings):
     otlp_endpoint: str | None = Field(None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
     log_level: str = "INFO"
     consumer_batch_size: int = 500
+    consumer_commit_interval_s: float = 0.5
     outbox_batch_size: int = 500
     outbox_poll_interval_s: float = 1.0
     job_interval_s: float = 60.0

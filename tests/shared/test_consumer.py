@@ -12,6 +12,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from backoffice.consumer import Consumer
 from backoffice.db import create_pool
@@ -53,7 +55,13 @@ async def _db(dsn: str) -> str:
 
 @contextlib.asynccontextmanager
 async def consuming(
-    dsn: str, *, group: str, topic: str, bootstrap: str = BOOTSTRAP, batch_size: int = 100
+    dsn: str,
+    *,
+    group: str,
+    topic: str,
+    bootstrap: str = BOOTSTRAP,
+    batch_size: int = 100,
+    commit_interval: float = 0.5,
 ) -> AsyncIterator[Consumer]:
     pool = await create_pool(ServiceSettings(database_url=dsn, db_pool_min=1, db_pool_max=4))
     consumer = Consumer(
@@ -63,6 +71,7 @@ async def consuming(
         bootstrap=bootstrap,
         batch_size=batch_size,
         handlers={OrderConfirmed: record_effect},
+        commit_interval=commit_interval,
     )
     task = asyncio.create_task(consumer.run())
     try:
@@ -130,6 +139,49 @@ class TestAtMostOnce:
             await eventually(lambda: _effects_at_least(dsn, 1500), timeout=90)
         assert await count(dsn) == 1500
         assert await count(dsn, "SELECT count(DISTINCT event_id) FROM effects") == 1500
+
+
+async def committed(group: str) -> int:
+    """The sum of the offsets `group` has committed (its records acknowledged)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return sum(max(meta.offset, 0) for meta in offsets.values())
+
+
+class TestOffsets:
+    async def test_offsets_are_committed_at_a_pace_while_records_flow_and_at_once_when_they_stop(
+        self, channel: tuple[str, str], make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
+        topic, group = channel
+        dsn = await _db(await make_database("consumer_pace"))
+        total = 120
+        producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, enable_idempotence=True)
+        await producer.start()
+        try:
+            async with consuming(dsn, group=group, topic=topic, commit_interval=3600):
+                for n in range(total):  # a steady trickle: every poll finds records, none is quiet
+                    key, value, headers = good(f"p{n % 5}", n)
+                    await producer.send_and_wait(topic, value=value, key=key, headers=headers)
+                    await asyncio.sleep(0.02)
+                    if n == total * 3 // 4:
+                        flowing_applied, flowing_committed = await count(dsn), await committed(group)
+                await eventually(lambda: _effects_at_least(dsn, total))
+                await eventually(lambda: _committed_at_least(group, total), timeout=10)
+        finally:
+            await producer.stop()
+        # A commit per poll would keep the committed offsets within a poll of the applied records.
+        assert flowing_applied > 50
+        assert flowing_committed < flowing_applied - 20
+        assert await committed(group) == total
+        assert await count(dsn) == total
+
+
+async def _committed_at_least(group: str, n: int) -> bool:
+    return await committed(group) >= n
 
 
 class TestPoison:
