@@ -174,4 +174,6 @@ def start_profile(stack: Stack, name: str, *, seconds: float, out: Path) -> subp
         return None
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [spy, "record", "-p", str(pids[0]), "-d", str(int(seconds)), "-r", "200", "-f", "raw", "-o", str(out)]
+    if os.environ.get("BENCH_PROFILE_NATIVE"):
+        cmd.append("--native")
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -4,6 +4,7 @@ consumer, timed jobs), problem+json errors, auth, CORS, body limit, correlation,
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -121,6 +122,7 @@ def _lifespan(spec: ServiceSpec) -> Callable[[FastAPI], Any]:
             tasks.append(asyncio.create_task(_every(settings.job_interval_s, name, job, app), name=f"job-{name}"))
         for hook in spec.on_startup:
             await hook(app)
+        _tune_gc()
         log.info("service_started", port=settings.port)
         try:
             yield
@@ -137,6 +139,17 @@ def _lifespan(spec: ServiceSpec) -> Callable[[FastAPI], Any]:
             log.info("service_stopped")
 
     return lifespan
+
+
+def _tune_gc() -> None:
+    """Everything loaded at start (modules, routes, models) is moved out of the collector's sight (`gc.freeze`), and
+    the youngest generation is collected every 20,000 allocations instead of 700: a request allocates hundreds of
+    short-lived objects, almost all freed by reference counting, and the frequent young collections (each also
+    walking what start-up left behind, on their way to older generations) were a few per cent of every request."""
+    gc.collect()
+    gc.freeze()
+    _, second, third = gc.get_threshold()
+    gc.set_threshold(20_000, second, third)
 
 
 async def _connect_pool(settings: ServiceSettings, *, attempts: int = 60) -> asyncpg.Pool:

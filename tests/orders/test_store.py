@@ -164,5 +164,7 @@ class TestBillingView:
             await store.record_invoice(conn, order_id=order.id, invoice=issued)
             assert await store.order_of_invoice(conn, invoice_id=invoice) == order.id
             await store.record_payment(conn, order_id=order.id, paid=paid)
-            (row,) = await store.invoices(conn, order_id=order.id)
+            view = await store.order_view(conn, order_id=order.id)
+        assert view is not None
+        (row,) = view.invoices
         assert (row["number"], row["total_minor"], row["paid"], row["paid_at"]) == ("INV-2026-000042", 119, True, NOW)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
-from backoffice import events
+from backoffice import db, events, outbox
 from backoffice.db import Conn
 from backoffice.envelope import Envelope
 from orders import domain
@@ -74,10 +76,16 @@ async def lock_products(conn: Conn, *, skus: Iterable[str]) -> dict[str, domain.
 
 
 async def save_stock(conn: Conn, *, products: Sequence[domain.Product], now: datetime) -> None:
-    """Write on_hand and reserved of products the caller has locked."""
-    await conn.executemany(
-        "UPDATE products SET on_hand = $2, reserved = $3, updated_at = $4 WHERE sku = $1",
-        [(p.sku, p.on_hand, p.reserved, now) for p in products],
+    """Write on_hand and reserved of products the caller has locked, in one statement."""
+    if not products:
+        return
+    await conn.execute(
+        "UPDATE products p SET on_hand = v.on_hand, reserved = v.reserved, updated_at = $4"
+        " FROM unnest($1::text[], $2::int[], $3::int[]) AS v(sku, on_hand, reserved) WHERE p.sku = v.sku",
+        [p.sku for p in products],
+        [p.on_hand for p in products],
+        [p.reserved for p in products],
+        now,
     )
 
 
@@ -135,16 +143,30 @@ async def insert_order(conn: Conn, *, order: domain.Order, now: datetime) -> Non
 
 
 async def save_orders(conn: Conn, *, orders: Sequence[domain.Order], now: datetime) -> None:
-    """Write the state and line quantities of orders the caller has locked."""
-    await conn.executemany(
-        "UPDATE orders SET status = $2, confirmed_at = $3, cancelled_at = $4, cancel_reason = $5, updated_at = $6"
-        " WHERE id = $1",
-        [(o.id, o.status, o.confirmed_at, o.cancelled_at, o.cancel_reason, now) for o in orders],
-    )
-    await conn.executemany(
-        "UPDATE order_lines SET reserved = $3, shipped = $4, returned = $5, cancelled = $6"
-        " WHERE order_id = $1 AND sku = $2",
-        [(o.id, li.sku, li.reserved, li.shipped, li.returned, li.cancelled) for o in orders for li in o.lines],
+    """Write the state and line quantities of orders the caller has locked, in one statement."""
+    if not orders:
+        return
+    lines = [(o.id, li) for o in orders for li in o.lines]
+    await conn.execute(
+        "WITH saved AS (UPDATE orders o SET status = v.status, confirmed_at = v.confirmed_at,"
+        " cancelled_at = v.cancelled_at, cancel_reason = v.cancel_reason, updated_at = $6"
+        " FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::text[])"
+        " AS v(id, status, confirmed_at, cancelled_at, cancel_reason) WHERE o.id = v.id)"
+        " UPDATE order_lines l SET reserved = v.reserved, shipped = v.shipped, returned = v.returned,"
+        " cancelled = v.cancelled FROM unnest($7::uuid[], $8::text[], $9::int[], $10::int[], $11::int[], $12::int[])"
+        " AS v(order_id, sku, reserved, shipped, returned, cancelled) WHERE l.order_id = v.order_id AND l.sku = v.sku",
+        [o.id for o in orders],
+        [o.status for o in orders],
+        [o.confirmed_at for o in orders],
+        [o.cancelled_at for o in orders],
+        [o.cancel_reason for o in orders],
+        now,
+        [order_id for order_id, _ in lines],
+        [li.sku for _, li in lines],
+        [li.reserved for _, li in lines],
+        [li.shipped for _, li in lines],
+        [li.returned for _, li in lines],
+        [li.cancelled for _, li in lines],
     )
 
 
@@ -159,11 +181,50 @@ async def order_owner_and_skus(conn: Conn, *, order_id: str) -> tuple[str, list[
 
 
 async def get_order(conn: Conn, *, order_id: str, for_update: bool = False) -> domain.Order | None:
-    lock = " FOR UPDATE" if for_update else ""
-    row = await conn.fetchrow(f"SELECT * FROM orders WHERE id = $1{lock}", order_id)
-    if row is None:
-        return None
-    return (await _with_lines(conn, [row]))[0]
+    """The order with its lines. Locking, the lines are read by a second statement: one that waited for the lock
+    must see the lines as the transaction it waited for left them, which a subquery of the locking statement (run
+    on the snapshot taken before the wait) would not."""
+    if for_update:
+        row = await conn.fetchrow("SELECT * FROM orders WHERE id = $1 FOR UPDATE", order_id)
+        return None if row is None else (await _with_lines(conn, [row]))[0]
+    row = await conn.fetchrow(f"SELECT {_ORDER_WITH_LINES} FROM orders o WHERE o.id = $1", order_id)
+    return None if row is None else _order(row, row["lines"])
+
+
+_LINE_ROW = "ROW(l.sku, l.quantity, l.unit_price_minor, l.reserved, l.shipped, l.returned, l.cancelled)"
+_ORDER_WITH_LINES = (
+    f"o.*, array(SELECT {_LINE_ROW} FROM order_lines l WHERE l.order_id = o.id ORDER BY l.line_no) AS lines"
+)
+
+
+def _line(row: Sequence[Any]) -> domain.Line:
+    sku, quantity, price, reserved, shipped, returned, cancelled = row
+    return domain.Line(
+        sku=sku,
+        quantity=quantity,
+        unit_price_minor=price,
+        reserved=reserved,
+        shipped=shipped,
+        returned=returned,
+        cancelled=cancelled,
+    )
+
+
+def _order(r: asyncpg.Record, lines: Iterable[Sequence[Any]]) -> domain.Order:
+    return domain.Order(
+        id=str(r["id"]),
+        customer_id=r["customer_id"],
+        currency=r["currency"],
+        status=r["status"],
+        lines=tuple(_line(li) for li in lines),
+        placed_at=r["placed_at"],
+        shipping_address=r["shipping_address"],
+        allow_backorder=r["allow_backorder"],
+        confirmed_at=r["confirmed_at"],
+        cancelled_at=r["cancelled_at"],
+        cancel_reason=r["cancel_reason"],
+        updated_at=r["updated_at"],
+    )
 
 
 async def lock_backorders(conn: Conn, *, skus: Iterable[str]) -> list[domain.Order]:
@@ -181,38 +242,14 @@ async def _with_lines(conn: Conn, rows: Sequence[asyncpg.Record]) -> list[domain
     if not rows:
         return []
     lines = await conn.fetch(
-        "SELECT * FROM order_lines WHERE order_id = ANY($1::uuid[]) ORDER BY order_id, line_no", [r["id"] for r in rows]
+        f"SELECT l.order_id, {_LINE_ROW} AS line FROM order_lines l WHERE l.order_id = ANY($1::uuid[])"
+        " ORDER BY l.order_id, l.line_no",
+        [r["id"] for r in rows],
     )
-    by_order: dict[uuid.UUID, list[domain.Line]] = {}
+    by_order: dict[uuid.UUID, list[Sequence[Any]]] = {}
     for li in lines:
-        by_order.setdefault(li["order_id"], []).append(
-            domain.Line(
-                sku=li["sku"],
-                quantity=li["quantity"],
-                unit_price_minor=li["unit_price_minor"],
-                reserved=li["reserved"],
-                shipped=li["shipped"],
-                returned=li["returned"],
-                cancelled=li["cancelled"],
-            )
-        )
-    return [
-        domain.Order(
-            id=str(r["id"]),
-            customer_id=r["customer_id"],
-            currency=r["currency"],
-            status=r["status"],
-            lines=tuple(by_order.get(r["id"], ())),
-            placed_at=r["placed_at"],
-            shipping_address=r["shipping_address"],
-            allow_backorder=r["allow_backorder"],
-            confirmed_at=r["confirmed_at"],
-            cancelled_at=r["cancelled_at"],
-            cancel_reason=r["cancel_reason"],
-            updated_at=r["updated_at"],
-        )
-        for r in rows
-    ]
+        by_order.setdefault(li["order_id"], []).append(li["line"])
+    return [_order(r, by_order.get(r["id"], ())) for r in rows]
 
 
 async def list_orders(
@@ -267,22 +304,53 @@ async def insert_return(conn: Conn, *, returned: events.OrderReturned) -> None:
     )
 
 
-async def shipments(conn: Conn, *, order_id: str) -> list[dict[str, Any]]:
-    rows = await conn.fetch(
-        "SELECT id::text AS id, lines, subtotal_minor, carrier, tracking_number, shipped_at FROM shipments"
-        " WHERE order_id = $1 ORDER BY shipped_at, id",
-        order_id,
-    )
-    return [dict(r) for r in rows]
+@dataclass(frozen=True)
+class OrderView:
+    order: domain.Order
+    shipments: list[dict[str, Any]]
+    returns: list[dict[str, Any]]
+    invoices: list[dict[str, Any]]
+    history: list[dict[str, Any]]
 
 
-async def returns(conn: Conn, *, order_id: str) -> list[dict[str, Any]]:
-    rows = await conn.fetch(
-        "SELECT id::text AS id, lines, subtotal_minor, reason, restocked, returned_at FROM returns"
-        " WHERE order_id = $1 ORDER BY returned_at, id",
+async def order_view(conn: Conn, *, order_id: str) -> OrderView | None:
+    """The order, its lines, shipments, returns, invoices and history, in one statement (one snapshot)."""
+    row = await conn.fetchrow(
+        f"SELECT {_ORDER_WITH_LINES},"
+        " array(SELECT ROW(s.id::text, s.lines::text, s.subtotal_minor, s.carrier, s.tracking_number, s.shipped_at)"
+        " FROM shipments s WHERE s.order_id = o.id ORDER BY s.shipped_at, s.id) AS shipments,"
+        " array(SELECT ROW(r.id::text, r.lines::text, r.subtotal_minor, r.reason, r.restocked, r.returned_at)"
+        " FROM returns r WHERE r.order_id = o.id ORDER BY r.returned_at, r.id) AS returns,"
+        " array(SELECT ROW(i.invoice_id, i.number, i.currency, i.total_minor, i.paid_at IS NOT NULL, i.issued_at,"
+        " i.paid_at) FROM order_invoices i WHERE i.order_id = o.id ORDER BY i.issued_at NULLS LAST, i.invoice_id)"
+        " AS invoices,"
+        " array(SELECT ROW(e.type, e.occurred_at, e.data::text) FROM order_events e WHERE e.order_id = o.id"
+        " ORDER BY e.seq) AS history"
+        " FROM orders o WHERE o.id = $1",
         order_id,
     )
-    return [dict(r) for r in rows]
+    if row is None:
+        return None
+    return OrderView(
+        order=_order(row, row["lines"]),
+        shipments=[
+            dict(zip(_SHIPMENT, (sid, _json(lines), *rest), strict=True)) for sid, lines, *rest in row["shipments"]
+        ],
+        returns=[dict(zip(_RETURN, (rid, _json(lines), *rest), strict=True)) for rid, lines, *rest in row["returns"]],
+        invoices=[dict(zip(_INVOICE, invoice, strict=True)) for invoice in row["invoices"]],
+        history=[{"type": kind, "occurred_at": at, "data": _json(data)} for kind, at, data in row["history"]],
+    )
+
+
+_SHIPMENT = ("id", "lines", "subtotal_minor", "carrier", "tracking_number", "shipped_at")
+_RETURN = ("id", "lines", "subtotal_minor", "reason", "restocked", "returned_at")
+_INVOICE = ("invoice_id", "number", "currency", "total_minor", "paid", "issued_at", "paid_at")
+
+
+def _json(value: str) -> Any:
+    """A jsonb value inside an anonymous row, sent as text (`::text`): the connection's jsonb codec, which reads
+    text, would be handed the binary form inside a record."""
+    return orjson.loads(value)
 
 
 # --- history -----------------------------------------------------------------------------------
@@ -290,13 +358,41 @@ async def returns(conn: Conn, *, order_id: str) -> list[dict[str, Any]]:
 
 async def append_history(conn: Conn, *, envelopes: Sequence[Envelope], order_id: str | None = None) -> None:
     """One history row per event, under `order_id` or else the event's own `order_id`."""
-    await conn.executemany(
-        "INSERT INTO order_events (event_id, order_id, type, occurred_at, data) VALUES ($1, $2, $3, $4, $5)",
-        [
-            (e.id, order_id or _order_of(e.event), e.event.name, e.time, e.event.model_dump(mode="json"))
-            for e in envelopes
-        ],
+    if envelopes:
+        await conn.execute(_insert_history(1), *_history_columns(envelopes, order_id))
+
+
+async def record_events(conn: Conn, *, envelopes: Sequence[Envelope]) -> None:
+    """Publish the events (outbox) and add each to its order's history, in one statement."""
+    if not envelopes:
+        return
+    await conn.execute(
+        f"WITH published AS ({outbox.insert_sql(1)}) {_insert_history(7)}",
+        *outbox.columns(envelopes),
+        *_history_columns(envelopes, None),
     )
+    db.wrote_outbox(conn)
+
+
+def _insert_history(first: int) -> str:
+    """An INSERT of history rows, in order, from the five arrays of `_history_columns` at $first.. $first+4."""
+    p = [f"${n}" for n in range(first, first + 5)]
+    return (
+        "INSERT INTO order_events (event_id, order_id, type, occurred_at, data)"
+        " SELECT h.id, h.order_id, h.type, h.at, h.data::jsonb"
+        f" FROM unnest({p[0]}::uuid[], {p[1]}::uuid[], {p[2]}::text[], {p[3]}::timestamptz[], {p[4]}::text[])"
+        " WITH ORDINALITY AS h(id, order_id, type, at, data, n) ORDER BY h.n"
+    )
+
+
+def _history_columns(envelopes: Sequence[Envelope], order_id: str | None) -> list[list[Any]]:
+    return [
+        [e.id for e in envelopes],
+        [order_id or _order_of(e.event) for e in envelopes],
+        [e.event.name for e in envelopes],
+        [e.time for e in envelopes],
+        [orjson.dumps(e.event.model_dump(mode="json")).decode() for e in envelopes],
+    ]
 
 
 def _order_of(event: events.Event) -> str:
@@ -304,13 +400,6 @@ def _order_of(event: events.Event) -> str:
     if not isinstance(order_id, str):
         raise TypeError(f"{event.name} names no order")
     return order_id
-
-
-async def history(conn: Conn, *, order_id: str) -> list[dict[str, Any]]:
-    rows = await conn.fetch(
-        "SELECT type, occurred_at, data FROM order_events WHERE order_id = $1 ORDER BY seq", order_id
-    )
-    return [dict(r) for r in rows]
 
 
 # --- billing's view ----------------------------------------------------------------------------
@@ -349,12 +438,3 @@ async def record_payment(conn: Conn, *, order_id: str, paid: events.InvoicePaid)
         paid.total_minor,
         paid.paid_at,
     )
-
-
-async def invoices(conn: Conn, *, order_id: str) -> list[dict[str, Any]]:
-    rows = await conn.fetch(
-        "SELECT invoice_id, number, currency, total_minor, paid_at IS NOT NULL AS paid, issued_at, paid_at"
-        " FROM order_invoices WHERE order_id = $1 ORDER BY issued_at NULLS LAST, invoice_id",
-        order_id,
-    )
-    return [dict(r) for r in rows]

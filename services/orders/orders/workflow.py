@@ -17,7 +17,7 @@ import structlog
 from fastapi import Request
 from fastapi.responses import Response
 
-from backoffice import events, idempotency, outbox
+from backoffice import events, idempotency
 from backoffice.auth import Principal
 from backoffice.db import Conn
 from backoffice.envelope import Envelope
@@ -40,8 +40,8 @@ async def run(request: Request, *, principal: Principal, operation: idempotency.
 
 async def record(conn: Conn, caused: Sequence[events.Event]) -> list[Envelope]:
     """Publish the events (outbox) and add them to their orders' history, in the caller's transaction."""
-    envelopes = await outbox.append_many(conn, caused)
-    await store.append_history(conn, envelopes=envelopes)
+    envelopes = [Envelope.wrap(event) for event in caused]
+    await store.record_events(conn, envelopes=envelopes)
     return envelopes
 
 
@@ -118,13 +118,13 @@ def merged(catalogue: Mapping[str, domain.Product], changed: Sequence[domain.Pro
 
 async def order_view(conn: Conn, *, order_id: str) -> schemas.Order | None:
     """The order with its lines, shipments, returns, billing state and history."""
-    order = await store.get_order(conn, order_id=order_id)
-    if order is None:
+    found = await store.order_view(conn, order_id=order_id)
+    if found is None:
         return None
     return schemas.Order.of(
-        order,
-        shipments=[schemas.Shipment.model_validate(r) for r in await store.shipments(conn, order_id=order_id)],
-        returns=[schemas.ReturnOut.model_validate(r) for r in await store.returns(conn, order_id=order_id)],
-        invoices=[schemas.Invoice.model_validate(r) for r in await store.invoices(conn, order_id=order_id)],
-        history=[schemas.HistoryItem.model_validate(r) for r in await store.history(conn, order_id=order_id)],
+        found.order,
+        shipments=[schemas.Shipment.model_validate(r) for r in found.shipments],
+        returns=[schemas.ReturnOut.model_validate(r) for r in found.returns],
+        invoices=[schemas.Invoice.model_validate(r) for r in found.invoices],
+        history=[schemas.HistoryItem.model_validate(r) for r in found.history],
     )
