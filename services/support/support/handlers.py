@@ -35,10 +35,7 @@ TROUBLE_EVENTS: tuple[type[events.Event], ...] = (events.OrderReturned, events.I
 
 async def on_event(conn: Conn, envelope: Envelope) -> None:
     """Learn whose orders and invoices these are, and add the event to its customer's timeline."""
-    await store.remember_refs(conn, refs=timeline.refs_for(envelope.event))
-    item = timeline.item_for(envelope)
-    if item is not None:
-        await store.insert_timeline_item(conn, item=item)
+    await store.remember_refs(conn, refs=timeline.refs_for(envelope.event), item=timeline.item_for(envelope))
 
 
 async def hear_trouble(conn: Conn, envelope: Envelope, *, policy: Mapping[str, SlaTarget]) -> None:

@@ -311,13 +311,28 @@ async def sla_counts(
 # --- what the topics told us: owners of orders and invoices, the timeline ---------------------
 
 
-async def remember_refs(conn: Conn, *, refs: Sequence[tuple[str, str, str]]) -> None:
-    """Record (kind, id, customer_id) owners; the first owner heard stays."""
-    if refs:
-        await conn.executemany(
-            "INSERT INTO customer_refs (kind, ref_id, customer_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-            list(refs),
-        )
+async def remember_refs(conn: Conn, *, refs: Sequence[tuple[str, str, str]], item: Item | None = None) -> None:
+    """Record (kind, id, customer_id) owners, the first owner heard staying, and add `item` to its timeline: one
+    statement for both (each consumed event does this)."""
+    if not refs:
+        if item is not None:
+            await insert_timeline_item(conn, item=item)
+        return
+    kinds, ids, customers = (list(column) for column in zip(*refs, strict=True))
+    remember = (
+        "INSERT INTO customer_refs (kind, ref_id, customer_id)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING"
+    )
+    if item is None:
+        await conn.execute(remember, kinds, ids, customers)
+        return
+    await conn.execute(
+        f"WITH refs AS ({remember}) {_insert_item(4)}",
+        kinds,
+        ids,
+        customers,
+        *_item_values(item),
+    )
 
 
 async def ref_owner(conn: Conn, *, kind: str, ref_id: str) -> str | None:
@@ -325,17 +340,20 @@ async def ref_owner(conn: Conn, *, kind: str, ref_id: str) -> str | None:
     return str(owner) if owner is not None else None
 
 
-async def insert_timeline_item(conn: Conn, *, item: Item) -> None:
-    await conn.execute(
+def _insert_item(first: int) -> str:
+    p = ", ".join(f"${n}" for n in range(first, first + 6))
+    return (
         "INSERT INTO timeline_items (event_id, customer_id, type, occurred_at, subject, summary)"
-        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING",
-        item.event_id,
-        item.customer_id,
-        item.type,
-        item.occurred_at,
-        item.subject,
-        item.summary,
+        f" VALUES ({p}) ON CONFLICT (event_id) DO NOTHING"
     )
+
+
+def _item_values(item: Item) -> tuple[Any, ...]:
+    return (item.event_id, item.customer_id, item.type, item.occurred_at, item.subject, item.summary)
+
+
+async def insert_timeline_item(conn: Conn, *, item: Item) -> None:
+    await conn.execute(_insert_item(1), *_item_values(item))
 
 
 async def list_timeline(
