@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import orjson
 from prometheus_client import Counter, Histogram
@@ -102,8 +103,13 @@ class Correlation:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
-        cid = context.bind(correlation=headers.get("x-correlation-id"), parent=headers.get("traceparent"))
+        correlation = parent = None
+        for name, value in scope.get("headers", ()):  # ASGI servers give header names in lower case
+            if name == b"x-correlation-id":
+                correlation = value.decode("latin-1")
+            elif name == b"traceparent":
+                parent = value.decode("latin-1")
+        cid = context.bind(correlation=correlation, parent=parent)
         started = time.perf_counter()
         status = 500
 
@@ -117,9 +123,22 @@ class Correlation:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            route = _route(scope)
-            REQUESTS.labels(scope["method"], route, str(status)).inc()
-            LATENCY.labels(scope["method"], route).observe(time.perf_counter() - started)
+            count, latency = _metrics(scope["method"], _route(scope), status)
+            count.inc()
+            latency.observe(time.perf_counter() - started)
+
+
+_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def _metrics(method: str, route: str, status: int) -> tuple[Any, Any]:
+    """The request counter and latency histogram of (method, route, status), looked up once (`labels` takes a lock
+    and builds its key on every call)."""
+    key = (method, route, status)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = (REQUESTS.labels(method, route, str(status)), LATENCY.labels(method, route))
+    return found
 
 
 def _route(scope: Scope) -> str:
