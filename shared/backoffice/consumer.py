@@ -92,6 +92,8 @@ class DeadLetter:
 class Consumer:
     """Consumes `topics` as `group`, applying each event once through `handlers` (by event class)."""
 
+    CLOSE_COMMIT_TIMEOUT_S = 5.0
+
     def __init__(
         self,
         *,
@@ -166,8 +168,13 @@ class Consumer:
 
     async def _close(self) -> None:
         self.running = False
-        if self._consumer is not None:
-            await self.commit()
+        if self._consumer is not None and self._uncommitted:
+            pending = len(self._uncommitted)
+            try:  # bounded: aiokafka waits for a coordinator as long as it takes, and Kafka may be what is down
+                async with asyncio.timeout(self.CLOSE_COMMIT_TIMEOUT_S):
+                    await self.commit()
+            except TimeoutError:  # the records are re-read by whoever consumes next; the inbox skips them
+                log.warning("commit_abandoned", group=self.group, partitions=pending)
         consumer, self._consumer = self._consumer, None
         self._uncommitted.clear()
         if consumer is not None:

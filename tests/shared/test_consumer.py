@@ -12,7 +12,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from backoffice.consumer import Consumer
@@ -178,6 +178,31 @@ class TestOffsets:
         assert flowing_committed < flowing_applied - 20
         assert await committed(group) == total
         assert await count(dsn) == total
+
+
+class _Unreachable:
+    """A Kafka consumer whose coordinator never answers (aiokafka then waits for one indefinitely)."""
+
+    stopped = False
+
+    async def commit(self, offsets: object) -> None:
+        await asyncio.Event().wait()
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+class TestStopping:
+    async def test_stopping_gives_up_a_commit_kafka_does_not_answer(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(Consumer, "CLOSE_COMMIT_TIMEOUT_S", 0.2)
+        consumer = Consumer(group="g", topics=["t"], pool=None, bootstrap="unused:9092", handlers={})  # type: ignore[arg-type]
+        kafka = _Unreachable()
+        consumer._consumer = kafka  # type: ignore[assignment]
+        consumer._uncommitted = {TopicPartition("t", 0): 42}
+        async with asyncio.timeout(5):
+            await consumer.stop()
+        assert kafka.stopped
+        assert consumer._consumer is None
 
 
 async def _committed_at_least(group: str, n: int) -> bool:
