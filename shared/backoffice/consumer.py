@@ -216,18 +216,26 @@ class Consumer:
         return sum(len(records) for records in live.values())
 
     async def commit(self, partitions: set[TopicPartition] | None = None) -> None:
-        """Commit the offsets applied so far (of `partitions` only, when given); a failure is logged and left to the
-        inbox: whatever is re-read is skipped."""
+        """Commit the offsets applied so far (of `partitions` only, when given).
+
+        A failed commit is logged and its offsets are kept for the next try (the next quiet poll) while their
+        partitions stay assigned; a partition that moved is re-read by its new owner, and the inbox skips that.
+        """
         pending = {tp: o for tp, o in self._uncommitted.items() if partitions is None or tp in partitions}
         self._committed_at = time.monotonic()
-        if not pending or self._consumer is None:
+        consumer = self._consumer
+        if not pending or consumer is None:
             return
         for tp in pending:
             del self._uncommitted[tp]
         try:
-            await self._consumer.commit(pending)
+            await consumer.commit(pending)
         except (CommitFailedError, IllegalStateError, KafkaError) as exc:
             log.warning("commit_failed", group=self.group, partitions=len(pending), error=repr(exc))
+            assigned = consumer.assignment()
+            for tp, offset in pending.items():
+                if tp in assigned:
+                    self._uncommitted.setdefault(tp, offset)  # unless a later offset was applied meanwhile
 
     async def _apply_partitions(self, live: dict[TopicPartition, list[ConsumerRecord]]) -> bool:  # type: ignore[type-arg]
         """Apply the batches (dead letters included); False when they are to be read again."""

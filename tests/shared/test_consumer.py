@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaConnectionError
 
 from backoffice.consumer import Consumer
 from backoffice.db import create_pool
@@ -203,6 +204,37 @@ class TestStopping:
             await consumer.stop()
         assert kafka.stopped
         assert consumer._consumer is None
+
+
+class _Flaky:
+    """A Kafka consumer whose first commit fails the way a broker restart makes it fail."""
+
+    def __init__(self, assigned: set[TopicPartition]) -> None:
+        self.assigned = assigned
+        self.committed: list[dict[TopicPartition, int]] = []
+        self.failures = 1
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise KafkaConnectionError("the broker went away")
+        self.committed.append(dict(offsets))
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.assigned
+
+
+class TestCommitFailure:
+    async def test_offsets_of_a_failed_commit_are_committed_by_the_next_of_partitions_still_assigned(self) -> None:
+        mine, moved = TopicPartition("t", 0), TopicPartition("t", 1)
+        consumer = Consumer(group="g", topics=["t"], pool=None, bootstrap="unused:9092", handlers={})  # type: ignore[arg-type]
+        kafka = _Flaky(assigned={mine})
+        consumer._consumer = kafka  # type: ignore[assignment]
+        consumer._uncommitted = {mine: 10, moved: 7}
+        await consumer.commit()
+        assert kafka.committed == []
+        await consumer.commit()
+        assert kafka.committed == [{mine: 10}]  # the moved partition is its new owner's to commit
 
 
 async def _committed_at_least(group: str, n: int) -> bool:
