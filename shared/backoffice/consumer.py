@@ -1,9 +1,10 @@
 """The idempotent consumer: effect + inbox row in one transaction, then the offset; poison to `<group>.dlq`.
 
-Per partition, a batch of records is applied in one transaction with a savepoint per record. A record whose
-handler raises a permanent error is rolled back to its savepoint and dead-lettered; a transient failure
-(database or broker unreachable, timeout, serialization conflict) aborts the batch, which is re-read from its
-first offset after a backoff. Offsets are committed only after the transaction commits and the dead letters
+The records of a poll (every partition's) are applied in one transaction: one inbox statement, then each new
+event's handler. When a handler raises a permanent error the batch is rolled back and applied again with a
+savepoint per record, so that only that record is dead-lettered; a transient failure (database or broker
+unreachable, timeout, serialization conflict) aborts the batch, which is re-read from its first offsets after a
+backoff. Offsets are committed only after the transaction commits and the dead letters
 are acknowledged, so a crash at any point re-delivers, and the inbox makes re-delivery a no-op.
 
 Because the inbox, not the offset, is what makes an event apply once, offsets are committed at a pace rather than
