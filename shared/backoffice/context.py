@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import secrets
+import os
+import random
 import uuid
 from contextvars import ContextVar
 
@@ -25,10 +26,23 @@ def trace_id() -> str | None:
     return parent.split("-")[1] if parent and parent.count("-") == 3 else None
 
 
+def _hex_id(bits: int) -> str:
+    """A random trace or span id (never all zeros), as OpenTelemetry makes them: from `random`, not the system's
+    entropy source, which costs a system call per id and is not needed for ids that only have to be unique."""
+    value = 0
+    while value == 0:
+        value = _ids.getrandbits(bits)
+    return f"{value:0{bits // 4}x}"
+
+
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)  # a forked worker must not repeat its parent's ids
+
+
 def child_traceparent() -> str | None:
     """A traceparent for something this work causes: same trace, new span id."""
     tid = trace_id()
-    return f"00-{tid}-{secrets.token_hex(8)}-01" if tid else None
+    return f"00-{tid}-{_hex_id(64)}-01" if tid else None
 
 
 def _valid_traceparent(value: str | None) -> str | None:
@@ -48,7 +62,7 @@ def _valid_traceparent(value: str | None) -> str | None:
 def bind(*, correlation: str | None, parent: str | None) -> str:
     """Bind the correlation (or a new one) and trace context for this task; return the correlation id."""
     cid = (correlation or "").strip()[:128] or str(uuid.uuid4())
-    trace = _valid_traceparent(parent) or f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+    trace = _valid_traceparent(parent) or f"00-{_hex_id(128)}-{_hex_id(64)}-01"
     _correlation.set(cid)
     _traceparent.set(trace)
     return cid

@@ -46,7 +46,7 @@ async def place_in_stock(request: Request, *, principal: Principal, body: schema
         envelopes = [Envelope.wrap(e) for e in placed.events]
         view = workflow.new_order_view(order, recorded=envelopes, now=now)
         encoded = orjson.dumps(idempotency.encodable(view))
-        rows = [outbox.row_of(env) for env in envelopes]
+        columns = outbox.columns(envelopes)
         digest = (
             None if key is None else idempotency.request_hash(request.method, request.url.path, await request.body())
         )
@@ -61,10 +61,10 @@ async def place_in_stock(request: Request, *, principal: Principal, body: schema
                 encoded,
                 _WAIT_MS,
                 *store.order_values(order, now=now),
-                *map(list, zip(*rows, strict=True)),  # the outbox columns, each as an array
+                *columns,  # the outbox columns, each as an array
                 [env.event.name for env in envelopes],
                 [env.time for env in envelopes],
-                [orjson.dumps(item.data).decode() for item in view.history],
+                [payload.decode() for payload in columns[5]],  # the history keeps each event's data: its payload
             )
         except asyncpg.LockNotAvailableError as exc:
             raise Conflict("a request with this Idempotency-Key is still in progress") from exc
