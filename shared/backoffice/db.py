@@ -52,6 +52,12 @@ def on_outbox_released(callback: Callable[[], None]) -> Callable[[], None]:
     return lambda: _on_outbox_released.remove(callback) if callback in _on_outbox_released else None
 
 
+def placeholders(first: int, count: int) -> list[str]:
+    """`$first` .. `$(first + count - 1)`: the parameters of a statement fragment that starts at `$first` (to put it
+    after others in one statement, e.g. a CTE)."""
+    return [f"${n}" for n in range(first, first + count)]
+
+
 async def _reset_connection(conn: asyncpg.Connection) -> None:
     """Run by the pool on release, after asyncpg has rolled back any transaction left open: wake the relay for the
     outbox rows the connection wrote.

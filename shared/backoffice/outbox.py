@@ -76,7 +76,7 @@ def columns(envelopes: Sequence[Envelope]) -> list[list[Any]]:
 def insert_sql(first: int = 1) -> str:
     """An INSERT of outbox rows, in order, from the six arrays of `columns` passed as parameters $first.. $first+5:
     to write events in the same statement as other rows (a CTE), in one round trip."""
-    p = [f"${n}" for n in range(first, first + 6)]
+    p = db.placeholders(first, 6)
     return (
         "INSERT INTO outbox (event_id, lane, topic, key, headers, payload)"
         " SELECT e.id, e.lane, e.topic, e.key, e.headers::jsonb, e.payload"

@@ -366,17 +366,18 @@ async def record_events(conn: Conn, *, envelopes: Sequence[Envelope]) -> None:
     """Publish the events (outbox) and add each to its order's history, in one statement."""
     if not envelopes:
         return
+    published = outbox.columns(envelopes)
     await conn.execute(
         f"WITH published AS ({outbox.insert_sql(1)}) {_insert_history(7)}",
-        *outbox.columns(envelopes),
-        *_history_columns(envelopes, None),
+        *published,
+        *_history_columns(envelopes, None, data=[payload.decode() for payload in published[5]]),
     )
     db.wrote_outbox(conn)
 
 
 def _insert_history(first: int) -> str:
     """An INSERT of history rows, in order, from the five arrays of `_history_columns` at $first.. $first+4."""
-    p = [f"${n}" for n in range(first, first + 5)]
+    p = db.placeholders(first, 5)
     return (
         "INSERT INTO order_events (event_id, order_id, type, occurred_at, data)"
         " SELECT h.id, h.order_id, h.type, h.at, h.data::jsonb"
@@ -385,13 +386,17 @@ def _insert_history(first: int) -> str:
     )
 
 
-def _history_columns(envelopes: Sequence[Envelope], order_id: str | None) -> list[list[Any]]:
+def _history_columns(
+    envelopes: Sequence[Envelope], order_id: str | None, *, data: list[str] | None = None
+) -> list[list[Any]]:
+    """The arrays of `_insert_history`; `data`, each event's JSON, is taken from its outbox payload when the caller
+    has encoded that already."""
     return [
         [e.id for e in envelopes],
         [order_id or _order_of(e.event) for e in envelopes],
         [e.event.name for e in envelopes],
         [e.time for e in envelopes],
-        [orjson.dumps(e.event.model_dump(mode="json")).decode() for e in envelopes],
+        data if data is not None else [orjson.dumps(e.event.model_dump(mode="json")).decode() for e in envelopes],
     ]
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 
+from backoffice import db
 from backoffice.db import Conn
 from backoffice.errors import Conflict
 from support.domain import Dispute, Message, Ticket
@@ -341,7 +342,7 @@ async def ref_owner(conn: Conn, *, kind: str, ref_id: str) -> str | None:
 
 
 def _insert_item(first: int) -> str:
-    p = ", ".join(f"${n}" for n in range(first, first + 6))
+    p = ", ".join(db.placeholders(first, 6))
     return (
         "INSERT INTO timeline_items (event_id, customer_id, type, occurred_at, subject, summary)"
         f" VALUES ({p}) ON CONFLICT (event_id) DO NOTHING"
