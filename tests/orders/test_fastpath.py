@@ -1,4 +1,5 @@
-"""The in-stock path of POST /orders: one statement when the unlocked snapshot holds, the locking path otherwise."""
+"""The paths of POST /orders (in stock) and of POST /orders/{id}/shipments that write in one statement while the
+unlocked snapshot they decided from holds, and leave it to the locking path otherwise."""
 
 from __future__ import annotations
 
@@ -13,18 +14,21 @@ import pytest
 
 from orders import store, workflow
 from orders.settings import Settings
-from tests.orders.conftest import STAFF, add_product, place, product
+from orders.store import OrderView
+from tests.orders.conftest import STAFF, add_product, get_order, place, placed, product
 
 
 @pytest.fixture
 def locking_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every POST /orders that took the locking path."""
+    """Every POST /orders and POST /orders/{id}/shipments that took the locking path (as "/orders", "shipments")."""
     calls: list[str] = []
     original = workflow.run
 
     async def counted(request: Any, **kwargs: Any) -> Any:
         if request.url.path == "/orders":
             calls.append(request.url.path)
+        elif request.url.path.endswith("/shipments"):
+            calls.append("shipments")
         return await original(request, **kwargs)
 
     monkeypatch.setattr(workflow, "run", counted)
@@ -122,3 +126,126 @@ class TestConcurrency:
         assert sum(a.headers.get("idempotent-replayed") == "true" for a in answers) == 7
         assert (await product(client, sku))["reserved"] == 2
         assert await _stored_keys(settings, key) == 1
+
+
+async def _ship(
+    client: httpx.AsyncClient, order_id: str, lines: dict[str, int], key: str | None = None
+) -> httpx.Response:
+    body = {"lines": [{"sku": s, "quantity": q} for s, q in lines.items()], "carrier": "DHL"}
+    return await client.post(f"/orders/{order_id}/shipments", json=body, headers=keyed(key))
+
+
+def _read_once(monkeypatch: pytest.MonkeyPatch, view: OrderView) -> None:
+    """The next order view read (the shipment's snapshot) is `view`; later ones are read from the database."""
+    real = store.order_view
+    pending = [view]
+
+    async def stale(conn: Any, *, order_id: str) -> Any:
+        return pending.pop() if pending else await real(conn, order_id=order_id)
+
+    monkeypatch.setattr(store, "order_view", stale)
+
+
+async def _view(settings: Settings, order_id: str) -> OrderView:
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        found = await store.order_view(conn, order_id=order_id)
+    finally:
+        await conn.close()
+    assert found is not None
+    return found
+
+
+class TestShipping:
+    async def test_a_shipment_takes_one_statement_and_answers_what_the_order_then_reads(
+        self, client: httpx.AsyncClient, locking_calls: list[str]
+    ) -> None:
+        first, second = await add_product(client, on_hand=10), await add_product(client, on_hand=10)
+        order = await placed(client, {first: 3, second: 2})
+        partly = await _ship(client, order["id"], {first: 2})
+        assert partly.status_code == 201, partly.text
+        assert partly.json() == await get_order(client, order["id"])
+        assert partly.json()["status"] == "partially_shipped"
+        rest = await _ship(client, order["id"], {first: 1, second: 2})
+        assert rest.status_code == 201, rest.text
+        assert rest.json() == await get_order(client, order["id"])
+        assert rest.json()["status"] == "shipped"
+        assert [len(s["lines"]) for s in rest.json()["shipments"]] == [1, 2]
+        assert [h["type"] for h in rest.json()["history"]] == ["OrderPlaced", "OrderShipped", "OrderShipped"]
+        assert locking_calls == []
+        for sku, left in ((first, 7), (second, 8)):
+            shown = await product(client, sku)
+            assert (shown["on_hand"], shown["reserved"]) == (left, 0)
+
+    async def test_what_cannot_ship_is_answered_by_the_locking_path(
+        self, client: httpx.AsyncClient, locking_calls: list[str]
+    ) -> None:
+        sku = await add_product(client, on_hand=5)
+        order = await placed(client, {sku: 2})
+        assert (await _ship(client, order["id"], {sku: 3})).status_code == 409
+        assert (await _ship(client, str(uuid.uuid4()), {sku: 1})).status_code == 404
+        assert locking_calls == ["shipments", "shipments"]
+        assert (await product(client, sku))["reserved"] == 2
+
+    async def test_a_key_sent_again_replays_the_shipment(self, client: httpx.AsyncClient, settings: Settings) -> None:
+        sku = await add_product(client, on_hand=5)
+        order = await placed(client, {sku: 2})
+        key = uuid.uuid4().hex
+        first = await _ship(client, order["id"], {sku: 1}, key)
+        again = await _ship(client, order["id"], {sku: 1}, key)
+        assert first.status_code == again.status_code == 201
+        assert again.headers.get("idempotent-replayed") == "true"
+        assert again.content == first.content
+        assert len((await get_order(client, order["id"]))["shipments"]) == 1
+        assert await _stored_keys(settings, key) == 1
+        shown = await product(client, sku)
+        assert (shown["on_hand"], shown["reserved"]) == (4, 1)
+
+
+class TestShippingFromAStaleSnapshot:
+    async def test_lines_shipped_after_the_read_write_nothing_and_the_locking_path_answers_409(
+        self, client: httpx.AsyncClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        sku = await add_product(client, on_hand=5)
+        order = await placed(client, {sku: 3})
+        before = await _view(settings, order["id"])
+        assert (await _ship(client, order["id"], {sku: 2})).status_code == 201
+        _read_once(monkeypatch, before)  # as if read before those 2 shipped: 3 seem left to ship
+        key = uuid.uuid4().hex
+        refused = await _ship(client, order["id"], {sku: 2}, key)
+        assert refused.status_code == 409, refused.text
+        assert await _stored_keys(settings, key) == 0
+        now = await get_order(client, order["id"])
+        assert len(now["shipments"]) == 1 and now["lines"][0]["shipped"] == 2
+        shown = await product(client, sku)
+        assert (shown["on_hand"], shown["reserved"]) == (3, 1)
+
+    async def test_an_invoice_recorded_after_the_read_sends_the_shipment_down_the_locking_path(
+        self,
+        client: httpx.AsyncClient,
+        settings: Settings,
+        monkeypatch: pytest.MonkeyPatch,
+        locking_calls: list[str],
+    ) -> None:
+        sku = await add_product(client, on_hand=5)
+        order = await placed(client, {sku: 3})
+        before = await _view(settings, order["id"])
+        assert (await _ship(client, order["id"], {sku: 1})).status_code == 201
+        _read_once(monkeypatch, replace(await _view(settings, order["id"]), history=before.history))
+        shipped = await _ship(client, order["id"], {sku: 2})
+        assert shipped.status_code == 201, shipped.text
+        assert locking_calls == ["shipments"]
+        assert shipped.json() == await get_order(client, order["id"])
+        assert [h["type"] for h in shipped.json()["history"]] == ["OrderPlaced", "OrderShipped", "OrderShipped"]
+        shown = await product(client, sku)
+        assert (shown["on_hand"], shown["reserved"]) == (2, 0)
+
+    async def test_shipments_of_one_order_at_once_never_ship_more_than_it_has(self, client: httpx.AsyncClient) -> None:
+        sku = await add_product(client, on_hand=10)
+        order = await placed(client, {sku: 4})
+        answers = await asyncio.gather(*(_ship(client, order["id"], {sku: 3}) for _ in range(6)))
+        assert sorted(a.status_code for a in answers) == [201] + [409] * 5
+        shown = await product(client, sku)
+        assert (shown["on_hand"], shown["reserved"]) == (7, 1)
+        final = await get_order(client, order["id"])
+        assert (final["status"], final["lines"][0]["shipped"], len(final["shipments"])) == ("partially_shipped", 3, 1)

@@ -192,6 +192,31 @@ def ship(
     now: datetime,
 ) -> Outcome:
     """Ship some reserved quantities: stock leaves on_hand and the reservation; partially shipped, then shipped."""
+    shipped_order, shipped = shipment(
+        order, shipment_id=shipment_id, items=items, carrier=carrier, tracking_number=tracking_number, now=now
+    )
+    products = tuple(
+        replace(
+            catalogue[line.sku],
+            on_hand=catalogue[line.sku].on_hand - line.quantity,
+            reserved=catalogue[line.sku].reserved - line.quantity,
+        )
+        for line in shipped.lines
+    )
+    return Outcome(shipped_order, products, (shipped,))
+
+
+def shipment(
+    order: Order,
+    *,
+    shipment_id: str,
+    items: Sequence[Item],
+    carrier: str | None,
+    tracking_number: str | None,
+    now: datetime,
+) -> tuple[Order, events.OrderShipped]:
+    """The order once these quantities have shipped, and the shipment; the stock each line takes out of its
+    product's on_hand and reservation is that line's quantity in the event."""
     if order.status == "cancelled":
         raise Conflict("the order is cancelled: nothing is left to ship")
     if order.status == "shipped":
@@ -217,10 +242,6 @@ def ship(
         for line in order.lines
     )
     status = "shipped" if all(line.open == 0 for line in lines) else "partially_shipped"
-    products = tuple(
-        replace(catalogue[sku], on_hand=catalogue[sku].on_hand - q, reserved=catalogue[sku].reserved - q)
-        for sku, q in moved.items()
-    )
     priced = _priced(order.lines, moved)
     shipped = events.OrderShipped(
         order_id=order.id,
@@ -233,7 +254,7 @@ def ship(
         tracking_number=tracking_number,
         shipped_at=now,
     )
-    return Outcome(replace(order, lines=lines, status=status), products, (shipped,))
+    return replace(order, lines=lines, status=status), shipped
 
 
 def cancel(order: Order, *, reason: str, catalogue: Mapping[str, Product], now: datetime) -> Outcome:

@@ -1,4 +1,4 @@
-"""Placing an order whose every line is in stock, in two round trips and one commit.
+"""Placing an order whose every line is in stock, and shipping an order, in two round trips and one commit.
 
 The locking path (`workflow.run`) takes a transaction of some ten round trips: claim the Idempotency-Key, lock
 the products, insert the order, its lines, its stock, its event and its history, store the response, commit.
@@ -7,12 +7,20 @@ without locks, decides and prices the order from that snapshot exactly as the lo
 (`domain.place_order`), and then sends everything in one statement (`place_order_in_stock`, migration 0003), which
 writes it only if each product still has the price and the free stock the order was priced with.
 
-Whenever the snapshot cannot be trusted, or the answer is not a plain 201, it returns None and the caller takes the
-locking path, which gives the authoritative answer: a line short of stock or unknown (the key may also hold a
-stored answer to replay), a backorder, stock or a price that changed in between, a deadlock.
+Shipping is the same: the order's view is read without locks, the shipment decided from it
+(`domain.shipment`) and the answer built from both, and one statement (`ship_order_from_snapshot`, migration 0004)
+writes it only if the order still has the status, the line quantities and the history it was read with.
+
+Whenever the snapshot cannot be trusted, or the answer is not a plain 201, these return None and the caller takes
+the locking path, which gives the authoritative answer: a line short of stock or unknown, an order not found or
+not in a state to ship (the key may also hold a stored answer to replay), a backorder, stock, a price or an order
+that changed in between, a deadlock.
 """
 
 from __future__ import annotations
+
+import uuid
+from typing import Any
 
 import asyncpg
 import orjson
@@ -23,9 +31,9 @@ from backoffice import db, events, idempotency, outbox
 from backoffice.auth import Principal
 from backoffice.envelope import Envelope
 from backoffice.errors import Conflict, DomainError
-from orders import schemas, store, workflow
+from orders import domain, schemas, store, workflow
 
-STALE = "BOS01"  # raised by place_order_in_stock when the snapshot no longer holds
+STALE = "BOS01"  # raised by place_order_in_stock and ship_order_from_snapshot when the snapshot no longer holds
 _WAIT_MS = 10_000  # as long as the locking path waits for a request with the same key
 
 
@@ -45,38 +53,108 @@ async def place_in_stock(request: Request, *, principal: Principal, body: schema
             return None
         envelopes = [Envelope.wrap(e) for e in placed.events]
         view = workflow.new_order_view(order, recorded=envelopes, now=now)
-        encoded = orjson.dumps(idempotency.encodable(view))
         columns = outbox.columns(envelopes)
-        digest = (
-            None if key is None else idempotency.request_hash(request.method, request.url.path, await request.body())
-        )
-        try:
-            stored = await conn.fetchrow(
-                "SELECT * FROM place_order_in_stock($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,"
-                " $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)",
-                principal.sub,
-                key,
-                digest,
-                201,
-                encoded,
-                _WAIT_MS,
+        return await _write(
+            conn,
+            request,
+            principal=principal,
+            key=key,
+            function="place_order_in_stock",
+            view=view,
+            args=(
                 *store.order_values(order, now=now),
                 *columns,  # the outbox columns, each as an array
                 [env.event.name for env in envelopes],
                 [env.time for env in envelopes],
                 [payload.decode() for payload in columns[5]],  # the history keeps each event's data: its payload
-            )
-        except asyncpg.LockNotAvailableError as exc:
-            raise Conflict("a request with this Idempotency-Key is still in progress") from exc
-        except asyncpg.DeadlockDetectedError:
+            ),
+        )
+
+
+async def ship(request: Request, *, principal: Principal, order_id: str, body: schemas.Ship) -> Response | None:
+    """The 201 of a shipment decided from the order as read without locks, or None when the locking path must
+    decide."""
+    key = idempotency.key_of(request)
+    pool: asyncpg.Pool = request.app.state.pool
+    async with pool.acquire() as conn:
+        found = await store.order_view(conn, order_id=order_id)
+        if found is None:
             return None
-        except asyncpg.PostgresError as exc:
-            if exc.sqlstate == STALE:
-                return None
-            raise
-        assert stored is not None
-        if not stored["placed"]:
-            assert digest is not None
-            return idempotency.replay(stored, digest)
-        db.wrote_outbox(conn)
+        read = found.order
+        now = events.now()
+        try:
+            order, shipped = domain.shipment(
+                read,
+                shipment_id=str(uuid.uuid4()),
+                items=body.items(),
+                carrier=body.carrier,
+                tracking_number=body.tracking_number,
+                now=now,
+            )
+        except DomainError:
+            return None
+        envelopes = [Envelope.wrap(shipped)]
+        view = workflow.shipped_view(found, order=order, shipment=shipped, recorded=envelopes, now=now)
+        columns = outbox.columns(envelopes)
+        return await _write(
+            conn,
+            request,
+            principal=principal,
+            key=key,
+            function="ship_order_from_snapshot",
+            view=view,
+            args=(
+                order_id,
+                read.status,
+                [" ".join(map(str, (li.sku, li.reserved, li.shipped, li.returned, li.cancelled))) for li in read.lines],
+                len(found.history),
+                order.status,
+                now,
+                [line.sku for line in shipped.lines],
+                [line.quantity for line in shipped.lines],
+                shipped.shipment_id,
+                [line.model_dump() for line in shipped.lines],
+                shipped.subtotal_minor,
+                shipped.carrier,
+                shipped.tracking_number,
+                *columns,
+                [env.event.name for env in envelopes],
+                [env.time for env in envelopes],
+                [payload.decode() for payload in columns[5]],
+            ),
+        )
+
+
+async def _write(
+    conn: db.Conn,
+    request: Request,
+    *,
+    principal: Principal,
+    key: str | None,
+    function: str,
+    view: schemas.Order,
+    args: tuple[Any, ...],
+) -> Response | None:
+    """Call `function` (the request's caller, key, hash and answer, then `args`): the 201 it wrote, the answer it
+    found stored under the key, or None when the snapshot no longer held."""
+    encoded = orjson.dumps(idempotency.encodable(view))
+    digest = None if key is None else idempotency.request_hash(request.method, request.url.path, await request.body())
+    params = ", ".join(db.placeholders(1, 6 + len(args)))
+    try:
+        stored = await conn.fetchrow(
+            f"SELECT * FROM {function}({params})", principal.sub, key, digest, 201, encoded, _WAIT_MS, *args
+        )
+    except asyncpg.LockNotAvailableError as exc:
+        raise Conflict("a request with this Idempotency-Key is still in progress") from exc
+    except asyncpg.DeadlockDetectedError:
+        return None
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate == STALE:
+            return None
+        raise
+    assert stored is not None
+    if not stored[0]:
+        assert digest is not None
+        return idempotency.replay(stored, digest)
+    db.wrote_outbox(conn)
     return Response(encoded, status_code=201, media_type="application/json")

@@ -68,11 +68,50 @@ def new_order_view(order: domain.Order, *, recorded: Sequence[Envelope], now: da
         shipments=[],
         returns=[],
         invoices=[],
-        history=[
-            schemas.HistoryItem(type=e.event.name, occurred_at=e.time, data=e.event.model_dump(mode="json"))
-            for e in recorded
-        ],
+        history=_history(recorded),
     )
+
+
+def shipped_view(
+    read: store.OrderView,
+    *,
+    order: domain.Order,
+    shipment: events.OrderShipped,
+    recorded: Sequence[Envelope],
+    now: datetime,
+) -> schemas.Order:
+    """The view of an order read as `read` once `shipment` is written, as `order_view` would read it back: the
+    order now stands as `order`, and the shipment and the events just recorded are added to the rest as read."""
+    shipped = {
+        "id": shipment.shipment_id,
+        "lines": [line.model_dump() for line in shipment.lines],
+        "subtotal_minor": shipment.subtotal_minor,
+        "carrier": shipment.carrier,
+        "tracking_number": shipment.tracking_number,
+        "shipped_at": now,
+    }
+    return view_of(
+        replace(
+            read,
+            order=replace(order, updated_at=now),
+            shipments=sorted([*read.shipments, shipped], key=lambda s: (s["shipped_at"], s["id"])),
+            history=[
+                *read.history,
+                *(
+                    {"type": e.event.name, "occurred_at": e.time, "data": e.event.model_dump(mode="json")}
+                    for e in recorded
+                ),
+            ],
+        )
+    )
+
+
+def _history(recorded: Sequence[Envelope]) -> list[schemas.HistoryItem]:
+    """The history items of events just recorded, as the order's history reads them back."""
+    return [
+        schemas.HistoryItem(type=e.event.name, occurred_at=e.time, data=e.event.model_dump(mode="json"))
+        for e in recorded
+    ]
 
 
 Decision = Callable[[domain.Order, Mapping[str, domain.Product]], domain.Outcome]
@@ -119,8 +158,10 @@ def merged(catalogue: Mapping[str, domain.Product], changed: Sequence[domain.Pro
 async def order_view(conn: Conn, *, order_id: str) -> schemas.Order | None:
     """The order with its lines, shipments, returns, billing state and history."""
     found = await store.order_view(conn, order_id=order_id)
-    if found is None:
-        return None
+    return None if found is None else view_of(found)
+
+
+def view_of(found: store.OrderView) -> schemas.Order:
     return schemas.Order.of(
         found.order,
         shipments=[schemas.Shipment.model_validate(r) for r in found.shipments],
