@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 
 from backoffice import db, events
+from backoffice.envelope import Envelope
 from backoffice.errors import Conflict
 from orders import domain, store
 from orders.settings import Settings
@@ -161,10 +162,40 @@ class TestBillingView:
         )
         paid = events.InvoicePaid(invoice_id=invoice, customer_id="c1", currency="EUR", total_minor=119, paid_at=NOW)
         async with pool.acquire() as conn:
-            await store.record_invoice(conn, order_id=order.id, invoice=issued)
-            assert await store.order_of_invoice(conn, invoice_id=invoice) == order.id
-            await store.record_payment(conn, order_id=order.id, paid=paid)
+            assert await store.record_invoice(conn, order_id=order.id.upper(), envelope=Envelope(issued)) == order.id
+            assert await store.record_payment(conn, order_id=None, envelope=Envelope(paid)) == order.id  # as issued
             view = await store.order_view(conn, order_id=order.id)
         assert view is not None
         (row,) = view.invoices
         assert (row["number"], row["total_minor"], row["paid"], row["paid_at"]) == ("INV-2026-000042", 119, True, NOW)
+        assert [(h["type"], h["data"]["invoice_id"]) for h in view.history] == [
+            ("InvoiceIssued", invoice),
+            ("InvoicePaid", invoice),
+        ]
+
+    async def test_an_invoice_or_payment_of_no_order_of_ours_writes_nothing(self, pool: asyncpg.Pool) -> None:
+        invoice = str(uuid.uuid4())
+        issued = events.InvoiceIssued(
+            invoice_id=invoice,
+            number="INV-2026-000043",
+            customer_id="c1",
+            order_id=str(uuid.uuid4()),
+            currency="EUR",
+            lines=(),
+            subtotal_minor=100,
+            tax_minor=0,
+            total_minor=100,
+            issued_at=NOW,
+            due_at=NOW + timedelta(days=30),
+        )
+        paid = events.InvoicePaid(invoice_id=invoice, customer_id="c1", currency="EUR", total_minor=100, paid_at=NOW)
+        async with pool.acquire() as conn:
+            for order_id in (issued.order_id, "not-a-uuid", None):
+                assert await store.record_invoice(conn, order_id=order_id, envelope=Envelope(issued)) is None
+            assert await store.record_payment(conn, order_id=None, envelope=Envelope(paid)) is None
+            written = await conn.fetchval(
+                "SELECT (SELECT count(*) FROM order_invoices WHERE invoice_id = $1)"
+                " + (SELECT count(*) FROM order_events WHERE type LIKE 'Invoice%' AND data->>'invoice_id' = $1)",
+                invoice,
+            )
+        assert written == 0

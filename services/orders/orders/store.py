@@ -356,12 +356,6 @@ def _json(value: str) -> Any:
 # --- history -----------------------------------------------------------------------------------
 
 
-async def append_history(conn: Conn, *, envelopes: Sequence[Envelope], order_id: str | None = None) -> None:
-    """One history row per event, under `order_id` or else the event's own `order_id`."""
-    if envelopes:
-        await conn.execute(_insert_history(1), *_history_columns(envelopes, order_id))
-
-
 async def record_events(conn: Conn, *, envelopes: Sequence[Envelope]) -> None:
     """Publish the events (outbox) and add each to its order's history, in one statement."""
     if not envelopes:
@@ -370,7 +364,7 @@ async def record_events(conn: Conn, *, envelopes: Sequence[Envelope]) -> None:
     await conn.execute(
         f"WITH published AS ({outbox.insert_sql(1)}) {_insert_history(7)}",
         *published,
-        *_history_columns(envelopes, None, data=[payload.decode() for payload in published[5]]),
+        *_history_columns(envelopes, data=[payload.decode() for payload in published[5]]),
     )
     db.wrote_outbox(conn)
 
@@ -386,17 +380,15 @@ def _insert_history(first: int) -> str:
     )
 
 
-def _history_columns(
-    envelopes: Sequence[Envelope], order_id: str | None, *, data: list[str] | None = None
-) -> list[list[Any]]:
-    """The arrays of `_insert_history`; `data`, each event's JSON, is taken from its outbox payload when the caller
-    has encoded that already."""
+def _history_columns(envelopes: Sequence[Envelope], *, data: list[str]) -> list[list[Any]]:
+    """The arrays of `_insert_history`: each event under its own order; `data`, each event's JSON, is taken from
+    its outbox payload, encoded already."""
     return [
         [e.id for e in envelopes],
-        [order_id or _order_of(e.event) for e in envelopes],
+        [_order_of(e.event) for e in envelopes],
         [e.event.name for e in envelopes],
         [e.time for e in envelopes],
-        data if data is not None else [orjson.dumps(e.event.model_dump(mode="json")).decode() for e in envelopes],
+        data,
     ]
 
 
@@ -410,36 +402,74 @@ def _order_of(event: events.Event) -> str:
 # --- billing's view ----------------------------------------------------------------------------
 
 
-async def order_exists(conn: Conn, *, order_id: str) -> bool:
-    return bool(await conn.fetchval("SELECT true FROM orders WHERE id = $1", order_id))
+def known_uuid(value: str | None) -> str | None:
+    """`value` in the canonical form of a UUID, or None when it is none (any other id cannot be one of our orders)."""
+    if not value:
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
 
 
-async def order_of_invoice(conn: Conn, *, invoice_id: str) -> str | None:
-    value = await conn.fetchval("SELECT order_id::text FROM order_invoices WHERE invoice_id = $1", invoice_id)
-    return str(value) if value is not None else None
+def _insert_history_of_o(first: int) -> str:
+    """The INSERT of one history row under the order `o` (a CTE) unless it is null, from $first.. $first+3 (as
+    `_history_row` gives them), returning the order's id."""
+    p = db.placeholders(first, 4)
+    return (
+        " INSERT INTO order_events (event_id, order_id, type, occurred_at, data)"
+        f" SELECT {p[0]}, o.id, {p[1]}, {p[2]}, {p[3]}::jsonb FROM o WHERE o.id IS NOT NULL RETURNING order_id::text"
+    )
 
 
-async def record_invoice(conn: Conn, *, order_id: str, invoice: events.InvoiceIssued) -> None:
-    await conn.execute(
-        "INSERT INTO order_invoices (invoice_id, order_id, number, currency, total_minor, issued_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (invoice_id) DO UPDATE"
-        " SET number = EXCLUDED.number, total_minor = EXCLUDED.total_minor, issued_at = EXCLUDED.issued_at",
+def _history_row(envelope: Envelope) -> tuple[Any, ...]:
+    """The event's history row: the parameters of `_insert_history_of_o`."""
+    return (
+        envelope.id,
+        envelope.event.name,
+        envelope.time,
+        envelope.event.model_dump(mode="json"),  # the connection's jsonb codec encodes it
+    )
+
+
+async def record_invoice(conn: Conn, *, order_id: str | None, envelope: Envelope) -> str | None:
+    """When `order_id` is one of our orders: the issued invoice under it and its history row, in one statement,
+    and the order's id; None (nothing written) otherwise."""
+    invoice = envelope.event
+    assert isinstance(invoice, events.InvoiceIssued)
+    value = await conn.fetchval(
+        "WITH o AS (SELECT id FROM orders WHERE id = $2),"
+        " invoice AS (INSERT INTO order_invoices (invoice_id, order_id, number, currency, total_minor, issued_at)"
+        " SELECT $1, o.id, $3, $4, $5, $6 FROM o ON CONFLICT (invoice_id) DO UPDATE"
+        " SET number = EXCLUDED.number, total_minor = EXCLUDED.total_minor, issued_at = EXCLUDED.issued_at)"
+        + _insert_history_of_o(7),
         invoice.invoice_id,
-        order_id,
+        known_uuid(order_id),
         invoice.number,
         invoice.currency,
         invoice.total_minor,
         invoice.issued_at,
+        *_history_row(envelope),
     )
+    return None if value is None else str(value)
 
 
-async def record_payment(conn: Conn, *, order_id: str, paid: events.InvoicePaid) -> None:
-    await conn.execute(
-        "INSERT INTO order_invoices (invoice_id, order_id, currency, total_minor, paid_at)"
-        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (invoice_id) DO UPDATE SET paid_at = EXCLUDED.paid_at",
+async def record_payment(conn: Conn, *, order_id: str | None, envelope: Envelope) -> str | None:
+    """The payment under its order and its history row, in one statement, and the order's id: `order_id` when it
+    is one of ours, else the order of the invoice as issued before; None (nothing written) when there is neither."""
+    paid = envelope.event
+    assert isinstance(paid, events.InvoicePaid)
+    value = await conn.fetchval(
+        "WITH o AS (SELECT coalesce((SELECT id FROM orders WHERE id = $2),"
+        " (SELECT order_id FROM order_invoices WHERE invoice_id = $1)) AS id),"
+        " payment AS (INSERT INTO order_invoices (invoice_id, order_id, currency, total_minor, paid_at)"
+        " SELECT $1, o.id, $3, $4, $5 FROM o WHERE o.id IS NOT NULL"
+        " ON CONFLICT (invoice_id) DO UPDATE SET paid_at = EXCLUDED.paid_at)" + _insert_history_of_o(6),
         paid.invoice_id,
-        order_id,
+        known_uuid(order_id),
         paid.currency,
         paid.total_minor,
         paid.paid_at,
+        *_history_row(envelope),
     )
+    return None if value is None else str(value)
