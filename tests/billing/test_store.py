@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
+from backoffice import events
 from billing import handlers, store, store_dunning
 from tests.billing.conftest import Billing, new_id, returned, shipped
 
@@ -48,6 +49,27 @@ class TestNumbering:
         kept = sorted(n for n in numbers if n)
         assert kept == [f"INV-2032-{i:06d}" for i in range(1, len(kept) + 1)]
         assert len(kept) == 10
+
+    async def test_a_shipment_invoiced_already_takes_no_number(self, billing: Billing) -> None:
+        at = datetime(2035, 6, 1, tzinfo=UTC)
+        customer = new_id("c")
+        event = shipped(customer, [("A", 1, 100)])
+
+        async def invoice(shipment: events.OrderShipped) -> str | None:
+            async with billing.pool.acquire() as conn, conn.transaction():
+                made = await handlers.invoice_shipment(
+                    conn,
+                    shipment,
+                    tax_rate_bps=2000,
+                    default_terms_days=30,
+                    at=at,  # type: ignore[arg-type]
+                )
+            return None if made is None else made.number
+
+        first = await invoice(event)
+        assert await invoice(event) is None
+        assert await invoice(shipped(customer, [("A", 1, 100)])) == "INV-2035-000002"
+        assert first == "INV-2035-000001"
 
     async def test_numbers_restart_each_year(self, billing: Billing) -> None:
         last = await issue(billing, at=datetime(2033, 12, 31, 23, 59, tzinfo=UTC))

@@ -28,27 +28,27 @@ async def invoice_shipment(
 ) -> domain.Invoice | None:
     """Issue the invoice of one shipment (None when it was invoiced already), using any customer credit."""
     terms = await store.lock_customer(conn, customer_id=shipped.customer_id)
-    if await store.invoice_exists_for_shipment(conn, shipment_id=shipped.shipment_id):
+    started = await store.start_shipment_invoice(
+        conn, shipment_id=shipped.shipment_id, customer_id=shipped.customer_id, currency=shipped.currency, year=at.year
+    )
+    if started is None:
         return None
     expected = sum(line.quantity * line.unit_price_minor for line in shipped.lines)
     if expected != shipped.subtotal_minor:
         log.warning("shipment_subtotal_differs", shipment_id=shipped.shipment_id, event=shipped.subtotal_minor)
-    n = await store.next_number(conn, kind="INV", year=at.year)
     invoice, caused = domain.issue_invoice(
         shipped,
         invoice_id=str(uuid.uuid4()),
-        number=domain.document_number("INV", at.year, n),
+        number=domain.document_number("INV", at.year, started.number),
         tax_rate_bps=tax_rate_bps,
         terms_days=default_terms_days if terms is None else terms,
         at=at,
     )
-    available = await store.lock_credit(conn, customer_id=invoice.customer_id, currency=invoice.currency)
-    invoice, used, more = domain.apply_customer_credit(invoice, available_minor=available, at=at)
-    await store.insert_invoice(conn, invoice=invoice)
+    invoice, used, more = domain.apply_customer_credit(invoice, available_minor=started.credit_minor, at=at)
+    await store.insert_invoice(conn, invoice=invoice, caused=[*caused, *more])
     if used:
         await store.add_credit(conn, customer_id=invoice.customer_id, currency=invoice.currency, delta_minor=-used)
         await store.add_settlements(conn, rows=[(invoice.id, "credit", None, used, at)])
-    await outbox.append_many(conn, [*caused, *more])
     return invoice
 
 

@@ -7,13 +7,15 @@ change are locked first, always in the same order (customer, then invoices by id
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from backoffice import events
+from backoffice import db, events, outbox
 from backoffice.db import Conn
+from backoffice.envelope import Envelope
 from billing.domain import CreditNote, Invoice, PaymentIn
 
 _INVOICE = (
@@ -53,10 +55,14 @@ def _invoice(row: asyncpg.Record) -> Invoice:
 
 
 async def lock_customer(conn: Conn, *, customer_id: str) -> int | None:
-    """Lock the customer's row (made if new) so its money moves one at a time; return its terms, if set."""
-    await conn.execute("INSERT INTO customers (customer_id) VALUES ($1) ON CONFLICT DO NOTHING", customer_id)
+    """Lock the customer's row (made if new) so its money moves one at a time; return its terms, if set.
+
+    One statement: an upsert whose DO UPDATE changes nothing but, unlike DO NOTHING, locks the row and returns it
+    as last committed, even when it waited for another transaction to make or change it."""
     terms: int | None = await conn.fetchval(
-        "SELECT payment_terms_days FROM customers WHERE customer_id = $1 FOR UPDATE", customer_id
+        "INSERT INTO customers (customer_id) VALUES ($1)"
+        " ON CONFLICT (customer_id) DO UPDATE SET customer_id = EXCLUDED.customer_id RETURNING payment_terms_days",
+        customer_id,
     )
     return terms
 
@@ -93,16 +99,43 @@ async def next_number(conn: Conn, *, kind: str, year: int) -> int:
 # --- invoices ----------------------------------------------------------------------------------
 
 
-async def invoice_exists_for_shipment(conn: Conn, *, shipment_id: str) -> bool:
-    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM invoices WHERE shipment_id = $1)", shipment_id))
+@dataclass(frozen=True)
+class ShipmentToInvoice:
+    number: int  # the invoice's number in its year, taken
+    credit_minor: int  # the customer's unapplied credit in the shipment's currency, its row locked (0: none)
 
 
-async def insert_invoice(conn: Conn, *, invoice: Invoice) -> None:
+async def start_shipment_invoice(
+    conn: Conn, *, shipment_id: str, customer_id: str, currency: str, year: int
+) -> ShipmentToInvoice | None:
+    """None when the shipment is invoiced already; else take the next invoice number of `year` (`next_number`)
+    and lock the customer's credit (`lock_credit`), in one statement. The caller holds the customer's lock, which
+    every invoice of theirs is made under, so the check sees any made before."""
+    row = await conn.fetchrow(
+        "WITH billed AS (SELECT EXISTS (SELECT 1 FROM invoices WHERE shipment_id = $1) AS yes),"
+        " taken AS (INSERT INTO number_sequences (kind, year, last_value) SELECT 'INV', $2, 1 FROM billed"
+        " WHERE NOT billed.yes ON CONFLICT (kind, year) DO UPDATE SET last_value = number_sequences.last_value + 1"
+        " RETURNING last_value)"
+        " SELECT (SELECT last_value FROM taken) AS number,"
+        " (SELECT balance_minor FROM customer_credit WHERE customer_id = $3 AND currency = $4 FOR UPDATE) AS credit"
+        " FROM billed WHERE NOT billed.yes",
+        shipment_id,
+        year,
+        customer_id,
+        currency,
+    )
+    return None if row is None else ShipmentToInvoice(row["number"], int(row["credit"] or 0))
+
+
+async def insert_invoice(conn: Conn, *, invoice: Invoice, caused: Sequence[events.Event]) -> None:
+    """The invoice and the events it caused (outbox), in one statement."""
+    published = outbox.columns([Envelope.wrap(e) for e in caused])
     await conn.execute(
-        "INSERT INTO invoices (id, number, customer_id, order_id, shipment_id, currency, lines, tax_rate_bps,"
-        " subtotal_minor, tax_minor, total_minor, paid_minor, credit_applied_minor, credited_minor, balance_minor,"
-        " status, dunning_level, issued_at, due_at, closed_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+        "WITH invoice AS (INSERT INTO invoices (id, number, customer_id, order_id, shipment_id, currency, lines,"
+        " tax_rate_bps, subtotal_minor, tax_minor, total_minor, paid_minor, credit_applied_minor, credited_minor,"
+        " balance_minor, status, dunning_level, issued_at, due_at, closed_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20))"
+        f" {outbox.insert_sql(21)}",
         invoice.id,
         invoice.number,
         invoice.customer_id,
@@ -123,7 +156,9 @@ async def insert_invoice(conn: Conn, *, invoice: Invoice) -> None:
         invoice.issued_at,
         invoice.due_at,
         invoice.closed_at,
+        *published,
     )
+    db.wrote_outbox(conn)
 
 
 async def update_invoice(conn: Conn, *, invoice: Invoice) -> None:
