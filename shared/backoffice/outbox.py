@@ -136,6 +136,7 @@ class Relay:
         self._balanced_at = -math.inf
         self._unmarked: list[int] = []  # published and acknowledged, marked sent with the next fetch
         self._in_flight: deque[tuple[list[int], asyncio.Future[Any]]] = deque()  # sent, acks awaited
+        self._ahead: asyncio.Future[list[asyncpg.Record]] | None = None  # the next batch, fetched while one is sent
         self.kafka_ok = False
         self._peers = 1  # relays sharing the lanes, this one included, as of the last balancing
         self._notify = asyncio.Event()
@@ -212,6 +213,7 @@ class Relay:
         self._stopping = True
         try:
             async with asyncio.timeout(5):
+                await self._drop_ahead()
                 await self._settle(0)
                 await self._mark_sent()
         except (TimeoutError, KafkaError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
@@ -238,6 +240,10 @@ class Relay:
         self.kafka_ok = True
 
     async def _reset(self, *, kafka: bool) -> None:
+        try:
+            await self._drop_ahead()
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            pass  # its connection is closed: the next cycle connects again
         while self._in_flight:  # not known to be acknowledged: never marked, published again later
             _, acks = self._in_flight.popleft()
             if acks.done() and not acks.cancelled():
@@ -262,6 +268,7 @@ class Relay:
     async def _cycle(self) -> None:
         assert self._conn is not None
         if not self.lanes or time.monotonic() - self._balanced_at >= self.poll_interval:
+            await self._drop_ahead()  # fetched for the lanes held until now
             await self._settle(0)
             await self._mark_sent()  # before a lane may pass to another relay
             await self._balance_lanes()
@@ -318,6 +325,38 @@ class Relay:
             await self._conn.execute("UPDATE outbox SET sent_at = now() WHERE seq = ANY($1::bigint[])", self._unmarked)
             self._unmarked = []
 
+    async def _drop_ahead(self) -> None:
+        """Wait for a batch fetched ahead and forget it: its rows were neither sent nor marked, so the next fetch
+        takes them again (the connection is free for other statements after this)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return
+        try:
+            async with asyncio.timeout(10):
+                await ahead
+        except BaseException:
+            if self._conn is not None:
+                self._conn.terminate()  # its statement may still be running: the next cycle connects again
+            raise
+
+    def _fetch(self, *, skip: list[int]) -> asyncio.Future[list[asyncpg.Record]]:
+        """Mark the acknowledged rows sent and fetch the next batch of this relay's lanes, skipping `skip` (rows
+        in flight), in one statement; started at once."""
+        assert self._conn is not None
+        marking, self._unmarked = self._unmarked, []
+        return asyncio.ensure_future(
+            self._conn.fetch(
+                "WITH marked AS (UPDATE outbox SET sent_at = now() WHERE seq = ANY($3::bigint[]))"
+                " SELECT seq, topic, key, headers::text AS headers, payload FROM outbox"
+                " WHERE sent_at IS NULL AND lane = ANY($1::int[]) AND seq <> ALL($3::bigint[])"
+                " AND seq <> ALL($4::bigint[]) ORDER BY seq LIMIT $2",
+                sorted(self.lanes),
+                self.batch_size,
+                marking,
+                skip,
+            )
+        )
+
     async def _settle(self, keep: int) -> None:
         """Wait for the acknowledgements of all but `keep` batches in flight; those rows become `_unmarked`."""
         while len(self._in_flight) > keep:
@@ -330,29 +369,25 @@ class Relay:
     async def publish_batch(self) -> int:
         """Publish one batch of this relay's lanes in outbox order; rows are marked sent once acknowledged.
 
-        While a backlog lasts (full batches), the next batch is fetched and sent while the last one's
-        acknowledgements are awaited (the producer keeps each partition in order), and acknowledged rows are marked
-        in the statement that fetches the next batch, which skips them and those in flight explicitly.
+        While a backlog lasts (full batches), the next batch is fetched while this one is sent, and sent while this
+        one's acknowledgements are awaited (the producer keeps each partition in order); acknowledged rows are
+        marked in the statement that fetches a batch, which skips them and those in flight explicitly.
         """
         assert self._conn is not None and self.producer is not None
         if not self.lanes:
             return 0
         in_flight = [seq for seqs, _ in self._in_flight for seq in seqs]
-        rows = await self._conn.fetch(
-            "WITH marked AS (UPDATE outbox SET sent_at = now() WHERE seq = ANY($3::bigint[]))"
-            " SELECT seq, topic, key, headers::text AS headers, payload FROM outbox"
-            " WHERE sent_at IS NULL AND lane = ANY($1::int[]) AND seq <> ALL($3::bigint[])"
-            " AND seq <> ALL($4::bigint[]) ORDER BY seq LIMIT $2",
-            sorted(self.lanes),
-            self.batch_size,
-            self._unmarked,
-            in_flight,
-        )
-        self._unmarked = []
+        ahead, self._ahead = self._ahead, None
+        rows = await (ahead if ahead is not None else self._fetch(skip=in_flight))
         if not rows:
             await self._settle(0)
             await self._mark_sent()
             return 0
+        seqs = [r["seq"] for r in rows]
+        full = len(rows) == self.batch_size
+        if full:
+            self._ahead = self._fetch(skip=[*in_flight, *seqs])
+            await asyncio.sleep(0)  # let it send its statement before the sends below hold the loop
         futures = []
         for row in rows:
             headers = [(k, v.encode()) for k, v in orjson.loads(row["headers"])]
@@ -361,8 +396,7 @@ class Relay:
                     self.topic_prefix + row["topic"], value=row["payload"], key=row["key"].encode(), headers=headers
                 )
             )
-        self._in_flight.append(([r["seq"] for r in rows], asyncio.gather(*futures)))
-        full = len(rows) == self.batch_size
+        self._in_flight.append((seqs, asyncio.gather(*futures)))
         await self._settle(1 if full else 0)
         if not full:
             await self._mark_sent()
