@@ -53,7 +53,6 @@ async def place_in_stock(request: Request, *, principal: Principal, body: schema
             return None
         envelopes = [Envelope.wrap(e) for e in placed.events]
         view = workflow.new_order_view(order, recorded=envelopes, now=now)
-        columns = outbox.columns(envelopes)
         return await _write(
             conn,
             request,
@@ -61,13 +60,7 @@ async def place_in_stock(request: Request, *, principal: Principal, body: schema
             key=key,
             function="place_order_in_stock",
             view=view,
-            args=(
-                *store.order_values(order, now=now),
-                *columns,  # the outbox columns, each as an array
-                [env.event.name for env in envelopes],
-                [env.time for env in envelopes],
-                [payload.decode() for payload in columns[5]],  # the history keeps each event's data: its payload
-            ),
+            args=(*store.order_values(order, now=now), *_recorded(envelopes)),
         )
 
 
@@ -95,7 +88,6 @@ async def ship(request: Request, *, principal: Principal, order_id: str, body: s
             return None
         envelopes = [Envelope.wrap(shipped)]
         view = workflow.shipped_view(found, order=order, shipment=shipped, recorded=envelopes, now=now)
-        columns = outbox.columns(envelopes)
         return await _write(
             conn,
             request,
@@ -117,12 +109,21 @@ async def ship(request: Request, *, principal: Principal, order_id: str, body: s
                 shipped.subtotal_minor,
                 shipped.carrier,
                 shipped.tracking_number,
-                *columns,
-                [env.event.name for env in envelopes],
-                [env.time for env in envelopes],
-                [payload.decode() for payload in columns[5]],
+                *_recorded(envelopes),
             ),
         )
+
+
+def _recorded(envelopes: list[Envelope]) -> tuple[Any, ...]:
+    """The events' outbox columns (six arrays), then their history rows' types, times and data: each event's data
+    is its payload."""
+    columns = outbox.columns(envelopes)
+    return (
+        *columns,
+        [env.event.name for env in envelopes],
+        [env.time for env in envelopes],
+        [payload.decode() for payload in columns[5]],
+    )
 
 
 async def _write(
