@@ -402,7 +402,7 @@ def _order_of(event: events.Event) -> str:
 # --- billing's view ----------------------------------------------------------------------------
 
 
-def known_uuid(value: str | None) -> str | None:
+def _known_uuid(value: str | None) -> str | None:
     """`value` in the canonical form of a UUID, or None when it is none (any other id cannot be one of our orders)."""
     if not value:
         return None
@@ -444,7 +444,7 @@ async def record_invoice(conn: Conn, *, order_id: str | None, envelope: Envelope
         " SET number = EXCLUDED.number, total_minor = EXCLUDED.total_minor, issued_at = EXCLUDED.issued_at)"
         + _insert_history_of_o(7),
         invoice.invoice_id,
-        known_uuid(order_id),
+        _known_uuid(order_id),
         invoice.number,
         invoice.currency,
         invoice.total_minor,
@@ -466,7 +466,7 @@ async def record_payment(conn: Conn, *, order_id: str | None, envelope: Envelope
         " SELECT $1, o.id, $3, $4, $5 FROM o WHERE o.id IS NOT NULL"
         " ON CONFLICT (invoice_id) DO UPDATE SET paid_at = EXCLUDED.paid_at)" + _insert_history_of_o(6),
         paid.invoice_id,
-        known_uuid(order_id),
+        _known_uuid(order_id),
         paid.currency,
         paid.total_minor,
         paid.paid_at,
