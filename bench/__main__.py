@@ -55,7 +55,7 @@ class Sizes:
     def of(cls, quick: bool) -> Sizes:
         if quick:
             return cls(1, 300, 300, 120, 2.0, 2.0, 3.0, 3.0)
-        return cls(3, 10000, 6000, 2400, 8.0, 8.0, 8.0, 15.0)
+        return cls(5, 10000, 6000, 2400, 8.0, 8.0, 8.0, 15.0)
 
 
 def say(text: str) -> None:
