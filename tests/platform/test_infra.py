@@ -13,6 +13,7 @@ import pytest
 
 from backoffice.envelope import header_map
 from backoffice.topics import ensure_topics
+from devstack.config import local_dsn
 from devstack.kafka import KafkaBroker, new_cluster_id, wait_ready
 from devstack.postgres import PostgresServer
 from tests.conftest import BOOTSTRAP, create_topics, eventually, free_port, produce, read_topic, running
@@ -152,3 +153,38 @@ class TestEnvelopeOnTheWire:
             )
         assert any(header_map(r.headers).get("ce_id") == env.id for r in records)
         await asyncio.sleep(0)
+
+
+class TestLocalPostgres:
+    async def test_services_reach_the_local_server_through_its_unix_socket_and_tools_through_tcp(
+        self, tmp_path: Path
+    ) -> None:
+        server = PostgresServer(tmp_path, port=free_port(), fast_durability=True)
+        server.start()
+        try:
+            dsn = local_dsn(tmp_path, server.port, "postgres")
+            assert "127.0.0.1" not in dsn
+            conn = await asyncpg.connect(dsn)
+            try:  # no server address: a Unix-domain connection
+                assert await conn.fetchval("SELECT inet_server_addr()") is None
+            finally:
+                await conn.close()
+            conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{server.port}/postgres")
+            try:
+                assert str(await conn.fetchval("SELECT inet_server_addr()")) == "127.0.0.1"
+            finally:
+                await conn.close()
+        finally:
+            server.stop()
+
+    async def test_a_state_directory_too_deep_for_a_socket_path_gives_a_tcp_dsn(self, tmp_path: Path) -> None:
+        deep = tmp_path / ("d" * 120)
+        server = PostgresServer(deep, port=free_port(), fast_durability=True)
+        server.start()
+        try:
+            dsn = local_dsn(deep, server.port, "postgres")
+            assert dsn == f"postgresql://postgres@127.0.0.1:{server.port}/postgres"
+            conn = await asyncpg.connect(dsn)
+            await conn.close()
+        finally:
+            server.stop()
