@@ -83,10 +83,16 @@ class RelayBench:
                 await outbox.append_many(conn, [order_placed(n) for n in range(start, min(count, start + 1000))])
 
     async def ours(self, count: int) -> Timed:
-        relay = outbox.Relay(dsn=self.dsn, bootstrap=self.stack.bootstrap, topic_prefix=self.prefix, poll_interval=0.5)
+        settings = ServiceSettings(database_url=self.dsn, db_pool_min=1, db_pool_max=1)
+        relay = outbox.Relay(  # as a service runs it (service.py)
+            dsn=self.dsn,
+            bootstrap=self.stack.bootstrap,
+            topic_prefix=self.prefix,
+            poll_interval=settings.outbox_poll_interval_s,
+        )
         task = asyncio.create_task(relay.run())
         conn = await asyncpg.connect(self.dsn)
-        writers = await db.create_pool(ServiceSettings(database_url=self.dsn, db_pool_min=1, db_pool_max=1))
+        writers = await db.create_pool(settings)
         try:
             await conn.execute("TRUNCATE outbox")
             await wait_until(lambda: _true(len(relay.lanes) == outbox.LANES and relay.kafka_ok), timeout=60)
