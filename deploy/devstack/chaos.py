@@ -25,7 +25,7 @@ from backoffice.auth import issue_token
 from backoffice.settings import DEV_JWT_SECRET
 from backoffice.topics import ensure_topics
 from devstack import kafka, postgres
-from devstack.config import RUN_DIR
+from devstack.config import RUN_DIR, tcp_dsn
 from devstack.fleet import Fleet
 from devstack.procs import port_free
 
@@ -82,7 +82,7 @@ class Stack:
         self.state = state
         self.pg = postgres.PostgresServer(state, port=ports["postgres"], fast_durability=False)
         self.broker = kafka.KafkaBroker(state, port=ports["kafka"], controller_port=ports["controller"], partitions=6)
-        self.dsn = {s: f"postgresql://postgres@127.0.0.1:{self.pg.port}/{s}" for s in SERVICES}
+        self.dsn = {s: tcp_dsn(self.pg.port, s) for s in SERVICES}
         env = {"KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap}
         for s in SERVICES:
             env[f"{s.upper()}_DATABASE_URL"] = self.dsn[s]
@@ -95,7 +95,7 @@ class Stack:
         self.state.mkdir(parents=True)
         self.pg.start()
         self.broker.start()
-        admin = f"postgresql://postgres@127.0.0.1:{self.pg.port}/postgres"
+        admin = tcp_dsn(self.pg.port, "postgres")
         await postgres.wait_ready(admin)
         for s in SERVICES:
             await postgres.ensure_database(admin, s)

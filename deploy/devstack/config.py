@@ -15,11 +15,21 @@ LOG4J = ROOT / "deploy" / "kafka" / "log4j2.properties"
 _SUN_PATH_MAX = 107  # bytes of a Unix socket's path on Linux (sun_path is 108 with its NUL)
 
 
+def pg_data_dir(state: Path) -> Path:
+    """The data directory of the local PostgreSQL of `state`."""
+    return state / "pg" / "data"
+
+
 def pg_socket_dir(state: Path, port: int) -> Path | None:
     """Where the local PostgreSQL of `state` puts its Unix socket (its data directory, which its own user owns), or
     None when that path is too long for a socket (it then listens on TCP only)."""
-    directory = (state / "pg" / "data").resolve()
+    directory = pg_data_dir(state).resolve()
     return directory if len(f"{directory}/.s.PGSQL.{port}".encode()) <= _SUN_PATH_MAX else None
+
+
+def tcp_dsn(port: int, database: str) -> str:
+    """A DSN of a database on the local PostgreSQL listening on 127.0.0.1:`port`."""
+    return f"postgresql://postgres@127.0.0.1:{port}/{database}"
 
 
 def local_dsn(state: Path, port: int, database: str) -> str:
@@ -31,7 +41,7 @@ def local_dsn(state: Path, port: int, database: str) -> str:
     """
     directory = pg_socket_dir(state, port)
     if directory is None or not (directory / f".s.PGSQL.{port}").exists():  # too long, or a server without one
-        return f"postgresql://postgres@127.0.0.1:{port}/{database}"
+        return tcp_dsn(port, database)
     return f"postgresql://postgres@/{database}?host={quote(str(directory), safe='/')}&port={port}"
 
 
@@ -78,7 +88,7 @@ class Profile:
         return bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
 
     def admin_dsn(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.pg_port}/postgres"
+        return tcp_dsn(self.pg_port, "postgres")
 
     def database_url(self, service: str) -> str:
         override = os.environ.get(f"{service.upper()}_DATABASE_URL")

