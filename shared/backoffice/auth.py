@@ -115,14 +115,27 @@ def require(*scopes: str, staff_only: bool = False) -> Callable[..., Coroutine[A
     async def dependency(
         request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
     ) -> Principal:
-        if credentials is None or credentials.scheme.lower() != "bearer":
-            raise Unauthorized("a bearer token is required")
-        verifier: Verifier = request.app.state.verifier
-        principal = verifier.verify(credentials.credentials)
-        if scopes and not principal.scopes.intersection(scopes):
-            raise Forbidden(f"this needs the scope {' or '.join(scopes)}")
-        if staff_only and principal.is_customer:
-            raise Forbidden("this is for staff, not for a customer token")
-        return principal
+        token = credentials.credentials if credentials is not None and credentials.scheme.lower() == "bearer" else None
+        return _authorize(request, token, scopes, staff_only)
 
     return dependency
+
+
+def principal_of(request: Request, *scopes: str, staff_only: bool = False) -> Principal:
+    """What `require(*scopes, staff_only=...)` gives for this request, or raises, without FastAPI's dependency
+    machinery (for `express`). The header is read as `HTTPBearer` reads it."""
+    scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+    token = token.strip()
+    return _authorize(request, token if scheme.lower() == "bearer" and token else None, scopes, staff_only)
+
+
+def _authorize(request: Request, token: str | None, scopes: tuple[str, ...], staff_only: bool) -> Principal:
+    if token is None:
+        raise Unauthorized("a bearer token is required")
+    verifier: Verifier = request.app.state.verifier
+    principal = verifier.verify(token)
+    if scopes and not principal.scopes.intersection(scopes):
+        raise Forbidden(f"this needs the scope {' or '.join(scopes)}")
+    if staff_only and principal.is_customer:
+        raise Forbidden("this is for staff, not for a customer token")
+    return principal

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -103,13 +103,25 @@ async def _unexpected(request: Request, exc: Exception) -> ProblemResponse:
     return problem(500, "An unexpected error occurred; it has been logged.")
 
 
+_HANDLERS: tuple[tuple[type[Exception], Callable[[Request, Exception], Awaitable[ProblemResponse]]], ...] = (
+    (DomainError, _domain),
+    (RequestValidationError, _validation),
+    (StarletteHTTPException, _http),
+    (asyncpg.CharacterNotInRepertoireError, _bad_text),
+    (asyncpg.UntranslatableCharacterError, _bad_text),
+    (Exception, _unexpected),  # last: every other kind is more specific
+)
+
+
 def install(app: FastAPI) -> None:
-    app.add_exception_handler(DomainError, _domain)
-    app.add_exception_handler(RequestValidationError, _validation)
-    app.add_exception_handler(StarletteHTTPException, _http)
-    app.add_exception_handler(asyncpg.CharacterNotInRepertoireError, _bad_text)
-    app.add_exception_handler(asyncpg.UntranslatableCharacterError, _bad_text)
-    app.add_exception_handler(Exception, _unexpected)
+    for kind, handler in _HANDLERS:
+        app.add_exception_handler(kind, handler)
+
+
+async def render(request: Request, exc: Exception) -> ProblemResponse:
+    """The answer the handlers `install` adds give to `exc`, for code that runs outside FastAPI (`express`)."""
+    handler = next(handler for kind, handler in _HANDLERS if isinstance(exc, kind))
+    return await handler(request, exc)
 
 
 # --- the OpenAPI document: every error an operation can answer, as problem+json ------------------------------

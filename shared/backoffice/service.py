@@ -19,7 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from backoffice import db, idempotency, logs, outbox, problems, tracing
+from backoffice import db, express, idempotency, logs, outbox, problems, tracing
 from backoffice.auth import Verifier
 from backoffice.consumer import Consumer, Handler
 from backoffice.events import Event
@@ -43,6 +43,7 @@ class ServiceSpec:
     subscribes_to: Sequence[str] = ()
     handlers: Mapping[type[Event], Handler] = field(default_factory=dict)
     jobs: Mapping[str, Job] = field(default_factory=dict)
+    express: Mapping[tuple[str, str], express.Handler] = field(default_factory=dict)  # (method, path): its lane
     on_startup: Sequence[Job] = ()
     extra_routes: Callable[[FastAPI], None] | None = None
 
@@ -63,6 +64,8 @@ def create_service_app(spec: ServiceSpec) -> FastAPI:
     app.state.consumer = None
     app.state.pool = None
     problems.install(app)
+    if spec.express:
+        app.add_middleware(express.Lanes, lanes=spec.express)  # innermost: just outside the router
     app.add_middleware(BodyLimit)
     if settings.cors_origins:
         app.add_middleware(

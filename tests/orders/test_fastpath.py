@@ -12,10 +12,11 @@ import asyncpg
 import httpx
 import pytest
 
-from orders import store, workflow
+from orders import fastpath, store, workflow
 from orders.settings import Settings
 from orders.store import OrderView
-from tests.orders.conftest import STAFF, add_product, get_order, place, placed, product
+from tests.conftest import auth
+from tests.orders.conftest import STAFF, add_product, get_order, new_customer, place, placed, product
 
 
 @pytest.fixture
@@ -65,6 +66,65 @@ class TestWhichPath:
         assert backordered.status_code == 201 and backordered.json()["status"] == "backordered"
         assert (await place(client, {sku: 3})).status_code == 409
         assert locking_calls == ["/orders", "/orders"]
+
+
+@pytest.fixture
+def in_stock_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
+    """Every try of the in-stock path: who tried ("lane" or "route") and whether it answered."""
+    calls: list[tuple[str, bool]] = []
+    original = fastpath.place_in_stock
+
+    async def counted(request: Any, **kwargs: Any) -> Any:
+        answer = await original(request, **kwargs)
+        calls.append(("route" if "endpoint" in request.scope else "lane", answer is not None))
+        return answer
+
+    monkeypatch.setattr(fastpath, "place_in_stock", counted)
+    return calls
+
+
+class TestExpressLane:
+    """POST /orders goes through the express lane (`backoffice.express`) first: the lane answers an order in stock
+    from a caller the route accepts; the route answers everything else, and does not try the in-stock path again."""
+
+    async def test_an_order_in_stock_is_answered_by_the_lane_as_the_route_would_answer_it(
+        self, client: httpx.AsyncClient, in_stock_calls: list[tuple[str, bool]]
+    ) -> None:
+        sku = await add_product(client, on_hand=10, price=300)
+        response = await place(client, {sku: 2}, headers={**keyed(), "X-Correlation-ID": "lane-1"})
+        assert response.status_code == 201, response.text
+        assert in_stock_calls == [("lane", True)]
+        assert response.headers["x-correlation-id"] == "lane-1"
+        assert response.headers["content-type"] == "application/json"
+        assert response.json() == await get_order(client, response.json()["id"])
+        assert response.json()["total_minor"] == 600
+
+    async def test_a_backorder_is_tried_once_by_the_lane_then_decided_by_the_locking_path(
+        self, client: httpx.AsyncClient, in_stock_calls: list[tuple[str, bool]], locking_calls: list[str]
+    ) -> None:
+        sku = await add_product(client, on_hand=1)
+        response = await place(client, {sku: 3}, allow_backorder=True)
+        assert response.status_code == 201 and response.json()["status"] == "backordered"
+        assert in_stock_calls == [("lane", False)]
+        assert locking_calls == ["/orders"]
+
+    async def test_what_the_route_refuses_the_lane_leaves_to_the_route(
+        self, client: httpx.AsyncClient, in_stock_calls: list[tuple[str, bool]]
+    ) -> None:
+        sku = await add_product(client, on_hand=10)
+        mine = new_customer()
+        as_customer = auth("orders:read orders:write", customer_id=mine)
+        assert (await place(client, {sku: 1}, headers={"X-No-Token": "1"})).status_code == 401
+        assert (await place(client, {sku: 1}, headers={"Authorization": "Bearer nonsense"})).status_code == 401
+        assert (await place(client, {sku: 1}, headers=auth("orders:read"))).status_code == 403
+        assert (await place(client, {sku: 1}, headers=as_customer)).status_code == 404  # another customer's id
+        invalid = await place(client, {sku: 0})
+        assert invalid.status_code == 422
+        assert [e["field"] for e in invalid.json()["errors"]] == ["body.lines.0.quantity"]
+        assert in_stock_calls == []
+        assert (await product(client, sku))["reserved"] == 0
+        assert (await place(client, {sku: 1}, customer=mine, headers=as_customer)).status_code == 201
+        assert in_stock_calls == [("lane", True)]
 
 
 class TestStaleSnapshot:

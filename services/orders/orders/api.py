@@ -8,7 +8,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 
-from backoffice import events
+from backoffice import events, express
 from backoffice.auth import Principal, require
 from backoffice.db import Conn
 from backoffice.errors import Conflict, NotFound, Unprocessable
@@ -139,9 +139,10 @@ async def adjust_stock(sku: SkuPath, body: schemas.StockAdjustment, request: Req
 async def place_order(body: schemas.PlaceOrder, request: Request, principal: Writer) -> Response:
     """Price the lines from the catalogue and reserve their stock; short lines are a 409 unless backordered."""
     principal.ensure_visible(body.customer_id, what="customer")
-    placed = await fastpath.place_in_stock(request, principal=principal, body=body)
-    if placed is not None:
-        return placed
+    if not express.tried(request):  # else the express lane has just found the fast path does not apply
+        placed = await fastpath.place_in_stock(request, principal=principal, body=body)
+        if placed is not None:
+            return placed
 
     async def operation(conn: Conn) -> tuple[int, Any]:
         now = events.now()

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from backoffice import events
 from backoffice.service import ServiceSpec, create_service_app
-from orders import api, handlers
+from orders import api, fastpath, handlers
 from orders.settings import Settings
 
 
@@ -22,6 +22,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             title="orders",
             description="Catalogue and stock, orders with atomic reservation, backorders, shipments and returns.",
             subscribes_to=("billing",),
+            express={("POST", "/orders"): fastpath.place_express},
             handlers={
                 events.InvoiceIssued: handlers.on_invoice_issued,
                 events.InvoicePaid: handlers.on_invoice_paid,
