@@ -16,7 +16,7 @@ from orders import fastpath, store, workflow
 from orders.settings import Settings
 from orders.store import OrderView
 from tests.conftest import auth
-from tests.orders.conftest import STAFF, add_product, get_order, new_customer, place, placed, product
+from tests.orders.conftest import STAFF, add_product, get_order, new_customer, place, placed, product, receive
 
 
 @pytest.fixture
@@ -125,6 +125,64 @@ class TestExpressLane:
         assert (await product(client, sku))["reserved"] == 0
         assert (await place(client, {sku: 1}, customer=mine, headers=as_customer)).status_code == 201
         assert in_stock_calls == [("lane", True)]
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The SKUs of every unlocked read of the catalogue (the in-stock path's snapshot)."""
+    calls: list[list[str]] = []
+    real = store.read_products
+
+    async def counted(conn: Any, *, skus: Any) -> Any:
+        calls.append(sorted(skus))
+        return await real(conn, skus=skus)
+
+    monkeypatch.setattr(store, "read_products", counted)
+    return calls
+
+
+class TestCatalogueHints:
+    """The in-stock path recalls products it read a moment ago instead of reading them again; a hint that turns out
+    wrong never decides an order, and is forgotten."""
+
+    async def test_the_next_order_for_the_same_products_is_priced_without_reading_them(
+        self, client: httpx.AsyncClient, reads: list[list[str]], locking_calls: list[str]
+    ) -> None:
+        a, b = await add_product(client, on_hand=10, price=250), await add_product(client, on_hand=10, price=100)
+        first = await place(client, {a: 1, b: 2})
+        again = await place(client, {b: 1, a: 3})
+        assert first.status_code == again.status_code == 201
+        assert reads == [sorted([a, b])]
+        assert again.json()["total_minor"] == 3 * 250 + 100
+        assert locking_calls == []
+        shown = await product(client, a)
+        assert (shown["on_hand"], shown["reserved"]) == (10, 4)
+
+    async def test_stock_taken_since_the_hint_is_refused_by_the_write_and_the_hint_forgotten(
+        self, client: httpx.AsyncClient, reads: list[list[str]], locking_calls: list[str]
+    ) -> None:
+        sku = await add_product(client, on_hand=5)
+        assert (await place(client, {sku: 1})).status_code == 201  # remembered with 5 free
+        await receive(client, sku, -3, "count")  # 1 free now; the hint still says 5
+        refused = await place(client, {sku: 2})
+        assert refused.status_code == 409, refused.text
+        assert locking_calls == ["/orders"]
+        assert (await place(client, {sku: 1})).status_code == 201  # read afresh, in stock
+        assert reads == [[sku], [sku]]
+        shown = await product(client, sku)
+        assert (shown["on_hand"], shown["reserved"]) == (2, 2)
+
+    async def test_a_hint_too_short_for_an_order_is_forgotten_so_a_restock_is_seen(
+        self, client: httpx.AsyncClient, reads: list[list[str]], locking_calls: list[str]
+    ) -> None:
+        sku = await add_product(client, on_hand=1)
+        assert (await place(client, {sku: 1})).status_code == 201
+        assert (await place(client, {sku: 1})).status_code == 409  # the hint (and the stock) say none left
+        await receive(client, sku, 5)
+        restocked = await place(client, {sku: 4})
+        assert restocked.status_code == 201 and restocked.json()["status"] == "confirmed"
+        assert locking_calls == ["/orders"]
+        assert reads == [[sku], [sku]]
 
 
 class TestStaleSnapshot:

@@ -3,9 +3,10 @@
 The locking path (`workflow.run`) takes a transaction of some ten round trips: claim the Idempotency-Key, lock
 the products, insert the order, its lines, its stock, its event and its history, store the response, commit.
 Nearly every order is simply in stock, so this path (with or without an Idempotency-Key) first reads the products
-without locks, decides and prices the order from that snapshot exactly as the locking path would
-(`domain.place_order`), and then sends everything in one statement (`place_order_in_stock`, migration 0003), which
-writes it only if each product still has the price and the free stock the order was priced with.
+without locks (or recalls them from a read a few seconds old: `Catalogue`), decides and prices the order from that
+snapshot exactly as the locking path would (`domain.place_order`), and then sends everything in one statement
+(`place_order_in_stock`, migration 0003), which writes it only if each product still has the price and the free
+stock the order was priced with.
 
 Shipping is the same: the order's view is read without locks, the shipment decided from it
 (`domain.shipment`) and the answer built from both, and one statement (`ship_order_from_snapshot`, migration 0004)
@@ -19,6 +20,7 @@ that changed in between, a deadlock.
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -59,19 +61,26 @@ async def place_in_stock(request: Request, *, principal: Principal, body: schema
     """The 201 of an order placed in full from stock, or None when the locking path must decide."""
     key = idempotency.key_of(request)
     pool: asyncpg.Pool = request.app.state.pool
+    skus = [item.sku for item in body.items()]
+    hints = Catalogue.of(request.app)
     async with pool.acquire() as conn:
-        catalogue = await store.read_products(conn, skus=[item.sku for item in body.items()])
+        catalogue = hints.recall(skus)
+        if catalogue is None:
+            catalogue = await store.read_products(conn, skus=skus)
+            hints.remember(catalogue)
         now = events.now()
         try:
             placed = workflow.place(body, catalogue=catalogue, now=now)
         except DomainError:
+            hints.forget(skus)
             return None
         order = placed.order
         if order.status != "confirmed" or any(line.reserved != line.quantity for line in order.lines):
+            hints.forget(skus)
             return None
         envelopes = [Envelope.wrap(e) for e in placed.events]
         view = workflow.new_order_view(order, recorded=envelopes, now=now)
-        return await _write(
+        answer = await _write(
             conn,
             request,
             principal=principal,
@@ -80,6 +89,54 @@ async def place_in_stock(request: Request, *, principal: Principal, body: schema
             view=view,
             args=(*store.order_values(order, now=now), *_recorded(envelopes)),
         )
+    if answer is None:
+        hints.forget(skus)
+    return answer
+
+
+class Catalogue:
+    """The products the in-stock path last read, kept for a few seconds to spare the next order the read.
+
+    Only ever a hint: `place_order_in_stock` writes an order only if each product still has the price and the free
+    stock it was priced with. A product whose hint was wrong (the write refused it, or the hint said there was not
+    enough stock) is forgotten, so the next order reads it afresh and the locking path decides this one.
+    """
+
+    TTL_S = 5.0
+    MAX_PRODUCTS = 10_000
+
+    def __init__(self) -> None:
+        self._products: dict[str, tuple[domain.Product, float]] = {}
+
+    @classmethod
+    def of(cls, app: Any) -> Catalogue:
+        """The app's catalogue hints (one per app: each has its own database)."""
+        hints: Catalogue | None = getattr(app.state, "catalogue_hints", None)
+        if hints is None:
+            hints = app.state.catalogue_hints = cls()
+        return hints
+
+    def recall(self, skus: list[str]) -> dict[str, domain.Product] | None:
+        """Every one of `skus`, if each was read less than TTL_S ago; else None."""
+        now = time.monotonic()
+        found = {}
+        for sku in skus:
+            known = self._products.get(sku)
+            if known is None or now - known[1] > self.TTL_S:
+                return None
+            found[sku] = known[0]
+        return found
+
+    def remember(self, products: dict[str, domain.Product]) -> None:
+        if len(self._products) + len(products) > self.MAX_PRODUCTS:
+            self._products.clear()
+        now = time.monotonic()
+        for sku, product in products.items():
+            self._products[sku] = (product, now)
+
+    def forget(self, skus: list[str]) -> None:
+        for sku in skus:
+            self._products.pop(sku, None)
 
 
 async def ship(request: Request, *, principal: Principal, order_id: str, body: schemas.Ship) -> Response | None:
