@@ -28,7 +28,8 @@ def trace_id() -> str | None:
 
 def _hex_id(bits: int) -> str:
     """A random trace or span id (never all zeros), as OpenTelemetry makes them: from `random`, not the system's
-    entropy source, which costs a system call per id and is not needed for ids that only have to be unique."""
+    entropy source, which costs a system call per id and is not needed for ids that only have to be unique (the
+    same goes for a new correlation id)."""
     value = 0
     while value == 0:
         value = _ids.getrandbits(bits)
@@ -61,7 +62,7 @@ def _valid_traceparent(value: str | None) -> str | None:
 
 def bind(*, correlation: str | None, parent: str | None) -> str:
     """Bind the correlation (or a new one) and trace context for this task; return the correlation id."""
-    cid = (correlation or "").strip()[:128] or str(uuid.uuid4())
+    cid = (correlation or "").strip()[:128] or str(uuid.UUID(int=_ids.getrandbits(128), version=4))
     trace = _valid_traceparent(parent) or f"00-{_hex_id(128)}-{_hex_id(64)}-01"
     _correlation.set(cid)
     _traceparent.set(trace)

@@ -39,18 +39,49 @@ def tried(request: Request) -> bool:
 
 
 class Lanes:
-    """Serve `(method, path)` requests through their express handler first; see the module's documentation."""
+    """Serve `(method, path)` requests through their express handler first; see the module's documentation.
+
+    A path is the route's, and may have `{name}` segments: the handler finds them in `request.path_params` (as
+    strings, unconverted: the handler checks them as strictly as the route would, or passes the request on).
+    """
 
     def __init__(self, app: ASGIApp, lanes: Mapping[tuple[str, str], Handler]) -> None:
         self.app = app
-        self.lanes = dict(lanes)
+        self.exact = {key: handler for key, handler in lanes.items() if "{" not in key[1]}
+        self.templated = [(m, path, path.split("/"), handler) for (m, path), handler in lanes.items() if "{" in path]
         self._routes: dict[tuple[str, str], Any] = {}
 
+    def _match(self, scope: Scope) -> tuple[str, Handler] | None:
+        """The route path and handler of the lane for this request, with its path parameters put in the scope."""
+        if scope["type"] != "http":
+            return None
+        method, path = scope["method"], scope["path"]
+        handler = self.exact.get((method, path))
+        if handler is not None:
+            return path, handler
+        parts = path.split("/")
+        for lane_method, template, segments, handler in self.templated:
+            if lane_method != method or len(segments) != len(parts):
+                continue
+            params = {}
+            for segment, part in zip(segments, parts, strict=True):
+                if segment.startswith("{"):
+                    if not part:
+                        break
+                    params[segment[1:-1]] = part
+                elif segment != part:
+                    break
+            else:
+                scope["path_params"] = params
+                return template, handler
+        return None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = self.lanes.get((scope.get("method", ""), scope.get("path", ""))) if scope["type"] == "http" else None
-        if handler is None or not _json_of_stated_length(scope):
+        matched = self._match(scope)
+        if matched is None or not _json_of_stated_length(scope):
             await self.app(scope, receive, send)
             return
+        template, handler = matched
         body = await _read_body(receive)
         if body is None:  # the client went away
             return
@@ -63,12 +94,12 @@ class Lanes:
             scope[TRIED] = True
             await self.app(scope, _replay(body, receive), send)
             return
-        scope["route"] = self._route(scope)  # for the metrics, as FastAPI would have set it
+        scope["route"] = self._route(scope, template)  # for the metrics, as FastAPI would have set it
         await response(scope, receive, send)
 
-    def _route(self, scope: Scope) -> Any:
+    def _route(self, scope: Scope, template: str) -> Any:
         """The app's route this lane stands in front of (None when the app has none)."""
-        key = (scope["method"], scope["path"])
+        key = (scope["method"], template)
         if key not in self._routes:
             app = scope.get("app")
             routes = getattr(getattr(app, "router", None), "routes", ())

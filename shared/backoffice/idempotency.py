@@ -20,7 +20,6 @@ from pydantic import BaseModel
 from backoffice.auth import Principal
 from backoffice.db import Conn
 from backoffice.errors import BadRequest, Conflict, Unprocessable
-from backoffice.responses import JSON
 
 Operation = Callable[[Conn], Awaitable[tuple[int, Any]]]
 MAX_KEY_LENGTH = 255
@@ -32,6 +31,11 @@ def request_hash(method: str, path: str, body: bytes) -> str:
     except orjson.JSONDecodeError:
         canonical = body
     return hashlib.sha256(method.encode() + b" " + path.encode() + b"\n" + canonical).hexdigest()
+
+
+def digest_of(request: Request, body: bytes) -> str:
+    """The request's hash for its key: method, path (the ASGI one: `request.url` costs a URL parse) and body."""
+    return request_hash(request.method, request.scope["path"], body)
 
 
 def key_of(request: Request, *, required: bool = False) -> str | None:
@@ -63,23 +67,23 @@ async def run(
     if key is None:
         async with pool.acquire() as conn, conn.transaction():
             status, body = await operation(conn)
-            return JSON(encodable(body), status_code=status)
-    digest = request_hash(request.method, request.url.path, await request.body())
+            return Response(encoded(body), status_code=status, media_type="application/json")
+    digest = digest_of(request, await request.body())
     async with pool.acquire() as conn, conn.transaction():
         stored = await _lock_and_find(conn, principal=principal, key=key, wait_s=wait_s)
         if stored is not None:
             return replay(stored, digest)
         status, body = await operation(conn)
-        encoded = orjson.dumps(encodable(body))
+        answer = encoded(body)
         await conn.execute(
             "INSERT INTO idempotency_keys (principal, key, request_hash, status_code, body) VALUES ($1,$2,$3,$4,$5)",
             principal.sub,
             key,
             digest,
             status,
-            encoded,
+            answer,
         )
-        return Response(encoded, status_code=status, media_type="application/json")
+        return Response(answer, status_code=status, media_type="application/json")
 
 
 async def _lock_and_find(conn: Conn, *, principal: Principal, key: str, wait_s: float) -> asyncpg.Record | None:
@@ -117,11 +121,12 @@ def replay(stored: asyncpg.Record, digest: str) -> Response:
     )
 
 
-def encodable(body: Any) -> Any:
-    """What `jsonable_encoder` gives, taking the short way for a pydantic model (the usual response)."""
+def encoded(body: Any) -> bytes:
+    """The JSON of a response body, as FastAPI would write it: a pydantic model (the usual response) serialized by
+    pydantic straight to bytes, anything else through `jsonable_encoder`."""
     if isinstance(body, BaseModel):
-        return body.model_dump(mode="json", by_alias=True)
-    return jsonable_encoder(body)
+        return body.__pydantic_serializer__.to_json(body, by_alias=True)
+    return orjson.dumps(jsonable_encoder(body))
 
 
 async def purge(conn: Conn, *, older_than_s: float = 48 * 3600) -> int:

@@ -141,6 +141,58 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     return calls
 
 
+@pytest.fixture
+def ship_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
+    """Every try of the one-statement shipment: who tried ("lane" or "route") and whether it answered."""
+    calls: list[tuple[str, bool]] = []
+    original = fastpath.ship
+
+    async def counted(request: Any, **kwargs: Any) -> Any:
+        answer = await original(request, **kwargs)
+        calls.append(("route" if "endpoint" in request.scope else "lane", answer is not None))
+        return answer
+
+    monkeypatch.setattr(fastpath, "ship", counted)
+    return calls
+
+
+class TestExpressShipments:
+    """POST /orders/{id}/shipments goes through the express lane too, for a canonical order id."""
+
+    async def test_a_shipment_is_answered_by_the_lane_and_one_it_cannot_make_by_the_locking_path(
+        self, client: httpx.AsyncClient, ship_calls: list[tuple[str, bool]], locking_calls: list[str]
+    ) -> None:
+        sku = await add_product(client, on_hand=5)
+        order = await placed(client, {sku: 3})
+        shipped = await _ship(client, order["id"], {sku: 2})
+        assert shipped.status_code == 201, shipped.text
+        assert shipped.json() == await get_order(client, order["id"])
+        assert ship_calls == [("lane", True)]
+        too_many = await _ship(client, order["id"], {sku: 2})
+        assert too_many.status_code == 409
+        assert ship_calls == [("lane", True), ("lane", False)]
+        assert locking_calls == ["shipments"]
+
+    async def test_what_the_lane_does_not_take_the_route_answers(
+        self, client: httpx.AsyncClient, ship_calls: list[tuple[str, bool]], locking_calls: list[str]
+    ) -> None:
+        sku = await add_product(client, on_hand=5)
+        order = await placed(client, {sku: 2})
+        body = {"lines": [{"sku": sku, "quantity": 1}]}
+        customer = auth("orders:read orders:write", customer_id=order["customer_id"])
+        path = f"/orders/{order['id']}/shipments"
+        assert (await client.post(path, json=body, headers=customer)).status_code == 403
+        assert (await client.post(path, json={"lines": []}, headers=STAFF)).status_code == 422
+        assert (await client.post("/orders/not-a-uuid/shipments", json=body, headers=STAFF)).status_code == 422
+        assert ship_calls == []
+        upper = await client.post(f"/orders/{order['id'].upper()}/shipments", json=body, headers=STAFF)
+        assert upper.status_code == 201, upper.text
+        assert ship_calls == []
+        assert locking_calls == ["shipments"]
+        shipments = (await get_order(client, order["id"]))["shipments"]
+        assert [[(li["sku"], li["quantity"]) for li in s["lines"]] for s in shipments] == [[(sku, 1)]]
+
+
 class TestCatalogueHints:
     """The in-stock path recalls products it read a moment ago instead of reading them again; a hint that turns out
     wrong never decides an order, and is forgotten."""

@@ -108,6 +108,27 @@ class TestTheLane:
         assert response.json()["status"] == status
         assert calls == []  # a write may have been attempted: never a second time
 
+    async def test_a_lane_with_a_path_parameter_gives_it_to_its_handler_and_matches_only_its_own_paths(self) -> None:
+        seen: list[dict[str, str]] = []
+
+        async def nested(request: Request) -> Response | None:
+            seen.append(dict(request.path_params))
+            return Response(b"{}", status_code=201, media_type="application/json")
+
+        app = FastAPI()
+        app.add_middleware(express.Lanes, lanes={("POST", "/things/{thing_id}/parts"): nested})
+
+        @app.post("/{anything:path}")
+        async def fallback(anything: str) -> dict[str, str]:
+            return {"route": anything}
+
+        async with await _client(app) as client:
+            assert (await client.post("/things/t-1/parts", json={})).status_code == 201
+            for other in ("/things/t-1/parts/x", "/things//parts", "/things/t-1/bits", "/thing/t-1/parts"):
+                response = await client.post(other, json={})
+                assert response.json() == {"route": other.lstrip("/")}, other
+        assert seen == [{"thing_id": "t-1"}]
+
     async def test_other_methods_bodies_without_json_or_length_and_oversized_bodies_never_enter_the_lane(
         self,
     ) -> None:

@@ -22,7 +22,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             title="orders",
             description="Catalogue and stock, orders with atomic reservation, backorders, shipments and returns.",
             subscribes_to=("billing",),
-            express={("POST", "/orders"): fastpath.place_express},
+            express={
+                ("POST", "/orders"): fastpath.place_express,
+                ("POST", "/orders/{order_id}/shipments"): fastpath.ship_express,
+            },
             handlers={
                 events.InvoiceIssued: handlers.on_invoice_issued,
                 events.InvoicePaid: handlers.on_invoice_paid,
