@@ -110,6 +110,7 @@ class TestRoundTrip:
         assert back.id == envelope.id
         assert back.correlation_id == correlation
         assert key == event.key.encode()
+        assert orjson.loads(value) == event.model_dump(mode="json")  # the published JSON is the event's JSON form
 
     def test_headers_follow_cloudevents_binary_mode(self) -> None:
         event = events.OrderConfirmed(order_id="o-1", customer_id="c-1", confirmed_at=datetime.now(UTC))
