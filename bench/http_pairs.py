@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -175,22 +177,44 @@ async def _posted(stack: Stack, run_tag: str, *, expected: int, timeout: float) 
 
 
 async def max_rate(http: Http, *, start: float, ceiling: float, seconds: float) -> tuple[float, list[Step]]:
-    """From `start`, 30 % up a step while the pipeline keeps up (down by 1.6x while it does not): the highest rate
-    it kept up with, and every step tried."""
+    """The highest rate the pipeline keeps up with (`highest_kept_up`, each probe a `pipeline_step`), and every step
+    tried."""
     await pipeline_step(http, rate=2.0, seconds=3.0)  # warm-up: every consumer has joined its group
     steps: list[Step] = []
-    best = 0.0
+
+    async def probe(rate: float) -> bool:
+        steps.append(await pipeline_step(http, rate=rate, seconds=seconds))
+        return steps[-1].sustained
+
+    return await highest_kept_up(probe, start=start, ceiling=ceiling), steps
+
+
+async def highest_kept_up(
+    probe: Callable[[float], Awaitable[bool]],
+    *,
+    start: float,
+    ceiling: float,
+    max_steps: int = 8,
+    resolution: float = 1.15,
+) -> float:
+    """From `start`, up 30 % a step while `probe(rate)` keeps up (down by 1.6x while it does not); once one rate
+    kept up and a higher one did not, halve the gap between them (geometrically) until they are within
+    `resolution` of each other. The highest rate that kept up, 0 if none did."""
+    kept, fell = 0.0, math.inf
     rate = max(start, 1.0)
-    while len(steps) < 8 and 1.0 <= rate <= ceiling:
-        step = await pipeline_step(http, rate=rate, seconds=seconds)
-        steps.append(step)
-        if step.sustained:
-            best = rate
-            if any(not s.sustained for s in steps):
-                break  # came down to a rate it keeps up with
-            rate *= 1.3
-        elif best:
+    for _ in range(max_steps):
+        if not 1.0 <= rate <= ceiling:
             break
+        if await probe(rate):
+            kept = rate
         else:
-            rate /= 1.6
-    return best, steps
+            fell = rate
+        if fell <= kept * resolution:
+            break
+        if fell == math.inf:
+            rate = kept * 1.3
+        elif not kept:
+            rate = fell / 1.6
+        else:
+            rate = math.sqrt(kept * fell)
+    return kept

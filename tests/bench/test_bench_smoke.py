@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from backoffice.db import SHARED_MIGRATIONS, Migration, load_migrations, migrate_dsn
-from bench import report
+from bench import http_pairs, report
 from bench.ledger_post import LedgerBench
 from bench.loadgen import percentile
 from bench.stack import Stack
@@ -67,3 +67,30 @@ class TestReport:
         values = [float(v) for v in range(1, 101)]
         assert percentile(values, 50) == 50.0
         assert percentile(values, 99) == 99.0
+
+
+class TestMaxRateSearch:
+    """`highest_kept_up`, the search of `pipeline_max_rate`, against a pipeline that keeps up below a known rate."""
+
+    @pytest.mark.parametrize(("limit", "start"), [(97.0, 110.0), (97.0, 20.0), (300.0, 50.0), (12.0, 100.0)])
+    async def test_it_ends_within_the_resolution_below_the_limit(self, limit: float, start: float) -> None:
+        tried: list[float] = []
+
+        async def probe(rate: float) -> bool:
+            tried.append(rate)
+            return rate <= limit
+
+        found = await http_pairs.highest_kept_up(probe, start=start, ceiling=10_000, max_steps=12)
+        assert limit / 1.15 <= found <= limit, tried
+        assert len(tried) <= 12
+
+    async def test_none_kept_up_gives_zero_and_the_ceiling_stops_the_climb(self) -> None:
+        async def never(rate: float) -> bool:
+            return False
+
+        async def always(rate: float) -> bool:
+            return True
+
+        assert await http_pairs.highest_kept_up(never, start=10, ceiling=100) == 0.0
+        found = await http_pairs.highest_kept_up(always, start=10, ceiling=100, max_steps=20)
+        assert 100 / 1.3 < found <= 100
