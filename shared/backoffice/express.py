@@ -25,6 +25,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backoffice import problems
@@ -47,33 +48,16 @@ class Lanes:
 
     def __init__(self, app: ASGIApp, lanes: Mapping[tuple[str, str], Handler]) -> None:
         self.app = app
-        self.exact = {key: handler for key, handler in lanes.items() if "{" not in key[1]}
-        self.templated = [(m, path, path.split("/"), handler) for (m, path), handler in lanes.items() if "{" in path]
+        self.lanes = [(method, path, compile_path(path)[0], handler) for (method, path), handler in lanes.items()]
         self._routes: dict[tuple[str, str], Any] = {}
 
-    def _match(self, scope: Scope) -> tuple[str, Handler] | None:
-        """The route path and handler of the lane for this request, with its path parameters put in the scope."""
+    def _match(self, scope: Scope) -> tuple[str, dict[str, str], Handler] | None:
+        """The route path, path parameters and handler of the lane for this request, if one is for it."""
         if scope["type"] != "http":
             return None
-        method, path = scope["method"], scope["path"]
-        handler = self.exact.get((method, path))
-        if handler is not None:
-            return path, handler
-        parts = path.split("/")
-        for lane_method, template, segments, handler in self.templated:
-            if lane_method != method or len(segments) != len(parts):
-                continue
-            params = {}
-            for segment, part in zip(segments, parts, strict=True):
-                if segment.startswith("{"):
-                    if not part:
-                        break
-                    params[segment[1:-1]] = part
-                elif segment != part:
-                    break
-            else:
-                scope["path_params"] = params
-                return template, handler
+        for method, template, pattern, handler in self.lanes:
+            if method == scope["method"] and (found := pattern.match(scope["path"])) is not None:
+                return template, found.groupdict(), handler
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -81,7 +65,7 @@ class Lanes:
         if matched is None or not _json_of_stated_length(scope):
             await self.app(scope, receive, send)
             return
-        template, handler = matched
+        template, scope["path_params"], handler = matched
         body = await _read_body(receive)
         if body is None:  # the client went away
             return

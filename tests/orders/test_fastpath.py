@@ -68,19 +68,24 @@ class TestWhichPath:
         assert locking_calls == ["/orders", "/orders"]
 
 
-@pytest.fixture
-def in_stock_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
-    """Every try of the in-stock path: who tried ("lane" or "route") and whether it answered."""
+def _tries(monkeypatch: pytest.MonkeyPatch, name: str) -> list[tuple[str, bool]]:
+    """Every call of `fastpath.<name>`: who tried ("lane" or "route") and whether it answered."""
     calls: list[tuple[str, bool]] = []
-    original = fastpath.place_in_stock
+    original = getattr(fastpath, name)
 
     async def counted(request: Any, **kwargs: Any) -> Any:
         answer = await original(request, **kwargs)
         calls.append(("route" if "endpoint" in request.scope else "lane", answer is not None))
         return answer
 
-    monkeypatch.setattr(fastpath, "place_in_stock", counted)
+    monkeypatch.setattr(fastpath, name, counted)
     return calls
+
+
+@pytest.fixture
+def in_stock_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
+    """Every try of the in-stock path."""
+    return _tries(monkeypatch, "place_in_stock")
 
 
 class TestExpressLane:
@@ -143,17 +148,8 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
 
 @pytest.fixture
 def ship_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
-    """Every try of the one-statement shipment: who tried ("lane" or "route") and whether it answered."""
-    calls: list[tuple[str, bool]] = []
-    original = fastpath.ship
-
-    async def counted(request: Any, **kwargs: Any) -> Any:
-        answer = await original(request, **kwargs)
-        calls.append(("route" if "endpoint" in request.scope else "lane", answer is not None))
-        return answer
-
-    monkeypatch.setattr(fastpath, "ship", counted)
-    return calls
+    """Every try of the one-statement shipment."""
+    return _tries(monkeypatch, "ship")
 
 
 class TestExpressShipments:

@@ -61,7 +61,7 @@ async def place_in_stock(request: Request, *, principal: Principal, body: schema
     """The 201 of an order placed in full from stock, or None when the locking path must decide."""
     key = idempotency.key_of(request)
     pool: asyncpg.Pool = request.app.state.pool
-    skus = [item.sku for item in body.items()]
+    skus = [line.sku for line in body.lines]
     hints = Catalogue.of(request.app)
     async with pool.acquire() as conn:
         catalogue = hints.recall(skus)
@@ -145,12 +145,11 @@ async def ship_express(request: Request) -> Response | None:
     The order id must be a UUID in its canonical form (the route accepts others too, and answers them itself)."""
     order_id = request.path_params["order_id"]
     try:
-        canonical = str(uuid.UUID(order_id)) == order_id
+        if str(uuid.UUID(order_id)) != order_id:
+            return None
         principal = auth.principal_of(request, "orders:write", staff_only=True)  # as the route's `StaffWriter`
         body = schemas.Ship.model_validate_json(await request.body())
     except (ValueError, DomainError):  # a pydantic ValidationError is a ValueError
-        return None
-    if not canonical:
         return None
     return await ship(request, principal=principal, order_id=order_id, body=body)
 
