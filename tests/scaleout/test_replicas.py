@@ -4,6 +4,7 @@ effect happens twice."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import uuid
@@ -99,6 +100,13 @@ class TestTwoReplicas:
                 assert s.status_code == 201, s.text
                 shipments.append(s.json()["shipments"][-1]["id"])
             await eventually(lambda: _caught_up(topics, fleet), timeout=120)
+
+            async def each_consumes() -> bool:  # a rebalance may be in flight at the moment the load ends
+                texts = [(await c.get("/metrics")).text for c in clients.values()]
+                return all(_metric(text, "consumer_assigned_partitions") > 0 for text in texts)
+
+            with contextlib.suppress(TimeoutError):  # the assertions below say which one does not
+                await eventually(each_consumes, timeout=30)
             for key, client in clients.items():
                 text = (await client.get("/metrics")).text
                 assert _metric(text, "consumer_assigned_partitions") > 0, f"{key} consumes no partition"
