@@ -74,6 +74,19 @@ def row_of(env: Envelope) -> tuple[str, int, str, str, str, bytes]:
     )
 
 
+def document_of(env: Envelope) -> tuple[dict[str, Any], bytes]:
+    """The outbox row of an envelope as a JSON object (`row_of` by name, the headers as [[name, value], ...]) and,
+    apart, its payload: for statements that take their arguments as one JSON document and the payloads as bytes."""
+    _key, value, headers = encode(env)
+    return {
+        "id": env.id,
+        "lane": lane_of(env.subject),
+        "topic": env.topic(),
+        "key": env.subject,
+        "headers": [[k, v.decode()] for k, v in headers],
+    }, value
+
+
 def columns(envelopes: Sequence[Envelope]) -> list[list[Any]]:
     """The outbox columns of `envelopes` as six arrays (`row_of`, transposed): the parameters of `insert_sql`."""
     return [list(column) for column in zip(*(row_of(env) for env in envelopes), strict=True)]

@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 
 from orders import fastpath, store, workflow
@@ -86,6 +87,55 @@ def _tries(monkeypatch: pytest.MonkeyPatch, name: str) -> list[tuple[str, bool]]
 def in_stock_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
     """Every try of the in-stock path."""
     return _tries(monkeypatch, "place_in_stock")
+
+
+class TestWhatTheStatementWrites:
+    """The snapshot writes take one JSON document (migration 0005) whose parts keep their exact text."""
+
+    async def test_the_stored_answer_and_the_events_are_the_bytes_the_service_built(
+        self, client: httpx.AsyncClient, settings: Settings, locking_calls: list[str]
+    ) -> None:
+        sku = await add_product(client, on_hand=10)
+        address = {
+            "name": 'Zoë "Ærø" Ñandú \\ 東京 \u00e9',
+            "line1": "Straße 1\nHof",
+            "city": "Kraków",
+            "country": "PL",
+        }
+        key = uuid.uuid4().hex
+        answer = await place(client, {sku: 2}, headers=keyed(key), shipping_address=address)
+        assert answer.status_code == 201, answer.text
+        order = answer.json()
+        assert order["shipping_address"] == address
+        shipped = await _ship(client, order["id"], {sku: 1}, uuid.uuid4().hex)
+        assert shipped.status_code == 201, shipped.text
+        assert locking_calls == []
+
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            stored = await conn.fetchval("SELECT body FROM idempotency_keys WHERE key = $1", key)
+            rows = await conn.fetch(
+                "SELECT o.event_id::text AS id, o.key, o.topic, o.headers, o.payload, e.type, e.data"
+                " FROM outbox o JOIN order_events e USING (event_id) WHERE e.order_id = $1 ORDER BY o.seq",
+                uuid.UUID(order["id"]),
+            )
+            address_column = await conn.fetchval(
+                "SELECT shipping_address FROM orders WHERE id = $1", uuid.UUID(order["id"])
+            )
+        finally:
+            await conn.close()
+        assert stored == answer.content  # what a replay answers, byte for byte
+        assert orjson.loads(address_column) == address
+        assert [r["type"] for r in rows] == [h["type"] for h in shipped.json()["history"]]
+        assert [orjson.loads(r["data"]) for r in rows] == [h["data"] for h in shipped.json()["history"]]
+        for row in rows:
+            assert row["key"] == order["id"]
+            assert ["ce_id", row["id"]] in orjson.loads(row["headers"])
+            data = orjson.loads(row["data"])
+            assert orjson.loads(row["payload"]) == data  # the history keeps the payload published
+            assert data["order_id"] == order["id"]
+        placed_event = orjson.loads(rows[0]["payload"])
+        assert placed_event["lines"][0]["sku"] == sku and placed_event["lines"][0]["quantity"] == 2
 
 
 class TestExpressLane:

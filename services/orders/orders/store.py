@@ -110,7 +110,7 @@ async def insert_adjustment(
 
 def order_values(order: domain.Order, *, now: datetime) -> tuple[Any, ...]:
     """The columns of a new order (id ... updated_at) and its lines as arrays (sku, quantity, price, reserved): the
-    parameters of `insert_order`, and the same ones of `place_order_in_stock`."""
+    parameters of `insert_order`."""
     return (
         order.id,
         order.customer_id,
@@ -127,6 +127,25 @@ def order_values(order: domain.Order, *, now: datetime) -> tuple[Any, ...]:
         [li.unit_price_minor for li in order.lines],
         [li.reserved for li in order.lines],
     )
+
+
+def order_document(order: domain.Order) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A new order's columns (id ... confirmed_at) and its lines (sku, quantity, price, reserved) as JSON objects:
+    the "order" and "lines" of `place_order_in_stock(json)` (migration 0005)."""
+    return {
+        "id": order.id,
+        "customer_id": order.customer_id,
+        "currency": order.currency,
+        "status": order.status,
+        "shipping_address": order.shipping_address,
+        "allow_backorder": order.allow_backorder,
+        "total_minor": order.total_minor,
+        "placed_at": order.placed_at,
+        "confirmed_at": order.confirmed_at,
+    }, [
+        {"sku": li.sku, "quantity": li.quantity, "price": li.unit_price_minor, "reserved": li.reserved}
+        for li in order.lines
+    ]
 
 
 async def insert_order(conn: Conn, *, order: domain.Order, now: datetime) -> None:
