@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import random
 import time
@@ -46,6 +47,9 @@ class Http:
     orders: Client = field(init=False)
     baseline: Client = field(init=False)
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    # Every request its own Idempotency-Key, across runs too: each run numbers its requests from 0, and a key sent
+    # again is answered from the stored response, a replay that writes nothing.
+    _keys: itertools.count[int] = field(default_factory=itertools.count)
 
     def __post_init__(self) -> None:
         assert self.stack.fleet is not None and self.stack.baseline is not None
@@ -62,8 +66,16 @@ class Http:
                 raise RuntimeError(f"seeding {sku}: {status} {text[:200]!r}")
 
     async def place(self, client: Client, n: int, customer: str) -> tuple[int, bytes]:
-        headers = {**AUTH, "Idempotency-Key": f"{self.tag}-{customer}-{n}"}
+        headers = {**AUTH, "Idempotency-Key": f"{self.tag}-{next(self._keys)}"}
         return await client.request("POST", "/orders", body=order_body(n, customer=customer), headers=headers)
+
+    async def placed(self) -> int:
+        """How many orders the throughput runs have placed so far (their customer is `h{tag}`)."""
+        conn = await asyncpg.connect(self.stack.dsn("orders"))
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM orders WHERE customer_id = $1", f"h{self.tag}"))
+        finally:
+            await conn.close()
 
     async def place_ours(self, n: int) -> bool:
         status, _ = await self.place(self.orders, n, f"h{self.tag}")
@@ -87,9 +99,13 @@ class Throughput:
 
 async def throughput(http: Http, *, ours: bool, seconds: float) -> Throughput:
     op = http.place_ours if ours else http.place_baseline
+    before = await http.placed() if ours else 0
     meter = CpuMeter(http.stack.processes())
     run = await closed_loop(op, workers=WORKERS, seconds=seconds)
-    return Throughput(run.rate, meter.cores(), run.errors, run.first_error)
+    cpu = meter.cores()
+    if ours and (placed := await http.placed() - before) != run.done:
+        raise RuntimeError(f"{run.done} orders answered 201 but {placed} were placed: a 201 must be a new order")
+    return Throughput(run.rate, cpu, run.errors, run.first_error)
 
 
 async def latency(http: Http, *, ours: bool, rate: float, seconds: float) -> Run:
