@@ -3,9 +3,11 @@ speed is judged by the ratios `make bench` prints."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 
 import pytest
 
@@ -94,3 +96,56 @@ class TestMaxRateSearch:
         assert await http_pairs.highest_kept_up(never, start=10, ceiling=100) == 0.0
         found = await http_pairs.highest_kept_up(always, start=10, ceiling=100, max_steps=20)
         assert 100 / 1.3 < found <= 100
+
+
+class _FakeOrders:
+    """Answers POST /orders with 201 like the service: a key seen before is a replay, which places nothing."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.placed: set[str] = set()
+
+    async def request(
+        self, method: str, path: str, *, body: object = None, headers: dict[str, str]
+    ) -> tuple[int, bytes]:
+        key = headers["Idempotency-Key"]
+        self.keys.append(key)
+        self.placed.add(key)
+        return 201, b"{}"
+
+
+def _http_against(fake: _FakeOrders) -> http_pairs.Http:
+    service = SimpleNamespace(port=1)
+    stack = SimpleNamespace(
+        fleet=SimpleNamespace(services={"orders": service}),
+        baseline=service,
+        processes=lambda: {"bench": [os.getpid()]},
+    )
+    http = http_pairs.Http(stack)  # type: ignore[arg-type]
+    http.orders = fake  # type: ignore[assignment]
+
+    async def placed() -> int:
+        return len(fake.placed)
+
+    http.placed = placed  # type: ignore[method-assign]
+    return http
+
+
+class TestHttpPlaceOrderKeys:
+    """Each request of `http_place_order` must place an order: a key sent again would be answered from the stored
+    response and write nothing, and the bench would be timing replays."""
+
+    async def test_no_key_is_sent_twice_across_runs(self) -> None:
+        fake = _FakeOrders()
+        http = _http_against(fake)
+        runs = [await http_pairs.throughput(http, ours=True, seconds=0.05) for _ in range(3)]
+        assert all(run.rate > 0 for run in runs)
+        assert len(fake.keys) == len(set(fake.keys)) > 3
+
+    async def test_a_run_whose_201s_did_not_all_place_an_order_fails(self) -> None:
+        fake = _FakeOrders()
+        http = _http_against(fake)
+        await http_pairs.throughput(http, ours=True, seconds=0.05)
+        http._keys = itertools.count()  # the keys of the run before are sent again: replays
+        with pytest.raises(RuntimeError, match="a 201 must be a new order"):
+            await http_pairs.throughput(http, ours=True, seconds=0.05)
