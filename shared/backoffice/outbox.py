@@ -63,15 +63,8 @@ def lane_of(key: str) -> int:
 
 def row_of(env: Envelope) -> tuple[str, int, str, str, str, bytes]:
     """The outbox columns of an envelope: event_id, lane, topic, key, headers (JSON text) and payload."""
-    _key, value, headers = encode(env)
-    return (
-        env.id,
-        lane_of(env.subject),
-        env.topic(),
-        env.subject,
-        orjson.dumps([[k, v.decode()] for k, v in headers]).decode(),
-        value,
-    )
+    row, payload = document_of(env)
+    return row["id"], row["lane"], row["topic"], row["key"], orjson.dumps(row["headers"]).decode(), payload
 
 
 def document_of(env: Envelope) -> tuple[dict[str, Any], bytes]:

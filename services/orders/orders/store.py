@@ -110,28 +110,18 @@ async def insert_adjustment(
 
 def order_values(order: domain.Order, *, now: datetime) -> tuple[Any, ...]:
     """The columns of a new order (id ... updated_at) and its lines as arrays (sku, quantity, price, reserved): the
-    parameters of `insert_order`."""
+    parameters of `insert_order` (`order_document`, flattened in the same order)."""
+    columns, lines = order_document(order)
     return (
-        order.id,
-        order.customer_id,
-        order.currency,
-        order.status,
-        order.shipping_address,
-        order.allow_backorder,
-        order.total_minor,
-        order.placed_at,
-        order.confirmed_at,
+        *columns.values(),
         now,
-        [li.sku for li in order.lines],
-        [li.quantity for li in order.lines],
-        [li.unit_price_minor for li in order.lines],
-        [li.reserved for li in order.lines],
+        *([line[name] for line in lines] for name in ("sku", "quantity", "price", "reserved")),
     )
 
 
 def order_document(order: domain.Order) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """A new order's columns (id ... confirmed_at) and its lines (sku, quantity, price, reserved) as JSON objects:
-    the "order" and "lines" of `place_order_in_stock(json)` (migration 0005)."""
+    """A new order's columns (id ... confirmed_at, in the table's order) and its lines (sku, quantity, price,
+    reserved) as JSON objects: the "order" and "lines" of `place_order_in_stock(jsonb, ...)` (migration 0005)."""
     return {
         "id": order.id,
         "customer_id": order.customer_id,

@@ -23,6 +23,12 @@
 -- payload of the i-th event.
 -- Both return what the originals return.
 
+-- The shared `idempotency_store` with the caller, key, hash, status and wait of the document.
+CREATE FUNCTION _store_answer(p jsonb, p_body bytea) RETURNS idempotency_keys LANGUAGE sql VOLATILE AS $$
+    SELECT idempotency_store(p->>'principal', p->>'key', p->>'request_hash', (p->>'status_code')::integer, p_body,
+                             (p->>'wait_ms')::integer);
+$$;
+
 CREATE FUNCTION _record_events(p_order_id uuid, p_events jsonb, p_payloads bytea[]) RETURNS void
     LANGUAGE sql VOLATILE AS $$
     INSERT INTO outbox (event_id, lane, topic, key, headers, payload)
@@ -47,8 +53,7 @@ DECLARE
     v_now timestamptz := (p->>'now')::timestamptz;
 BEGIN
     IF p->>'key' IS NOT NULL THEN
-        stored := idempotency_store(p->>'principal', p->>'key', p->>'request_hash', (p->>'status_code')::integer,
-                                    p_body, (p->>'wait_ms')::integer);
+        stored := _store_answer(p, p_body);
         IF stored.key IS NOT NULL THEN
             RETURN QUERY SELECT false, stored.request_hash, stored.status_code, stored.body;
             RETURN;
@@ -92,8 +97,7 @@ DECLARE
     v_now timestamptz := (p->>'now')::timestamptz;
 BEGIN
     IF p->>'key' IS NOT NULL THEN
-        stored := idempotency_store(p->>'principal', p->>'key', p->>'request_hash', (p->>'status_code')::integer,
-                                    p_body, (p->>'wait_ms')::integer);
+        stored := _store_answer(p, p_body);
         IF stored.key IS NOT NULL THEN
             RETURN QUERY SELECT false, stored.request_hash, stored.status_code, stored.body;
             RETURN;
