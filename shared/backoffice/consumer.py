@@ -1,11 +1,12 @@
 """The idempotent consumer: effect + inbox row in one transaction, then the offset; poison to `<group>.dlq`.
 
 The records of a poll (every partition's) are applied in one transaction: one inbox statement, then each new
-event's handler. When a handler raises a permanent error the batch is rolled back and applied again with a
-savepoint per record, so that only that record is dead-lettered; a transient failure (database or broker
-unreachable, timeout, serialization conflict) aborts the batch, which is re-read from its first offsets after a
-backoff. Offsets are committed only after the transaction commits and the dead letters
-are acknowledged, so a crash at any point re-delivers, and the inbox makes re-delivery a no-op.
+event's handler (a `Batched` handler takes each run of consecutive events it handles in one call). When a handler
+raises a permanent error the batch is rolled back and applied again with a savepoint per record, so that only that
+record is dead-lettered; a transient failure (database or broker unreachable, timeout, serialization conflict)
+aborts the batch, which is re-read from its first offsets after a backoff. Offsets are committed only after the
+transaction commits and the dead letters are acknowledged, so a crash at any point re-delivers, and the inbox makes
+re-delivery a no-op.
 
 Because the inbox, not the offset, is what makes an event apply once, offsets are committed at a pace rather than
 after every poll: at most every `commit_interval` seconds while records flow, at once when the partitions go
@@ -37,7 +38,23 @@ from backoffice.topics import dlq_topic
 
 log = structlog.get_logger("consumer")
 
-Handler = Callable[[Conn, Envelope], Awaitable[None]]
+EventHandler = Callable[[Conn, Envelope], Awaitable[None]]
+
+
+@dataclass(frozen=True, eq=False)
+class Batched:
+    """A handler that takes many events in one call: `apply(conn, envelopes)`.
+
+    In a poll's transaction, each run of consecutive fresh records handled by the same `Batched` is applied in one
+    call, in record order (so one statement can write a whole run instead of one per event). When the batch is redone
+    record by record with a savepoint each (a handler refused an event), it is called with one event at a time, so
+    only the refused one is dead-lettered.
+    """
+
+    apply: Callable[[Conn, list[Envelope]], Awaitable[None]]
+
+
+Handler = EventHandler | Batched
 
 APPLIED = Counter("consumer_events_applied_total", "Events applied", ["group", "type"])
 DUPLICATES = Counter("consumer_events_duplicate_total", "Re-deliveries skipped by the inbox", ["group"])
@@ -82,6 +99,22 @@ class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
 class _Rejected(Exception):
     """A handler refused or failed in the batch's fast path: redo the batch with a savepoint per record."""
+
+
+async def _apply_run(conn: Conn, handler: Handler | None, envelopes: list[Envelope]) -> None:
+    """Apply fresh events with their handler (a `Batched` one takes them all in one call) in the fast path."""
+    assert handler is not None
+    context.bind(correlation=envelopes[0].correlation_id, parent=envelopes[0].traceparent)
+    try:
+        if isinstance(handler, Batched):
+            await handler.apply(conn, envelopes)
+        else:
+            for envelope in envelopes:
+                await handler(conn, envelope)
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        raise _Rejected from exc
 
 
 @dataclass(frozen=True)
@@ -286,13 +319,15 @@ class Consumer:
         return dead
 
     async def _apply_fast(self, conn: Conn, todo: list[tuple[ConsumerRecord, Envelope, Handler]]) -> None:  # type: ignore[type-arg]
-        """The whole batch in one transaction: one inbox statement, then each new event's handler, no savepoints.
+        """The whole batch in one transaction: one inbox statement, then each new event's handler (a run of
+        consecutive events for the same `Batched` handler in one call), no savepoints.
 
         A handler that rejects its event or fails unexpectedly rolls the batch back (`_Rejected`); the batch is then
         applied record by record with a savepoint each, which isolates (and dead-letters) just that record.
         """
         applied: dict[str, int] = {}
         duplicates = 0
+        run_handler: Handler | None = None
         async with conn.transaction():
             fresh = {
                 str(r["event_id"])
@@ -305,19 +340,23 @@ class Consumer:
                     [envelope.type for _, envelope, _ in todo],
                 )
             }
+            run: list[Envelope] = []  # fresh events in a row for the same Batched handler, not applied yet
             for _, envelope, handler in todo:
                 if envelope.id not in fresh:
                     duplicates += 1
                     continue
                 fresh.discard(envelope.id)  # the same event twice in one batch is applied once
-                context.bind(correlation=envelope.correlation_id, parent=envelope.traceparent)
-                try:
-                    await handler(conn, envelope)
-                except Exception as exc:
-                    if is_transient(exc):
-                        raise
-                    raise _Rejected from exc
+                if run and handler is not run_handler:
+                    await _apply_run(conn, run_handler, run)
+                    run = []
+                if isinstance(handler, Batched):
+                    run.append(envelope)
+                    run_handler = handler
+                else:
+                    await _apply_run(conn, handler, [envelope])
                 applied[envelope.type] = applied.get(envelope.type, 0) + 1
+            if run:
+                await _apply_run(conn, run_handler, run)
         # counted once the transaction has committed, one metric update per type rather than per event
         if duplicates:
             DUPLICATES.labels(self.group).inc(duplicates)
@@ -354,7 +393,7 @@ class Consumer:
                 if not inserted:
                     DUPLICATES.labels(self.group).inc()
                     return None
-                await handler(conn, envelope)
+                await (handler.apply(conn, [envelope]) if isinstance(handler, Batched) else handler(conn, envelope))
         except DomainError as exc:
             return f"rejected: {type(exc).__name__}: {exc.detail}"
         except Exception as exc:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,11 +16,11 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError
 
-from backoffice.consumer import Consumer
+from backoffice.consumer import Batched, Consumer, Handler
 from backoffice.db import create_pool
 from backoffice.envelope import Envelope, encode, header_map
 from backoffice.errors import NotFound
-from backoffice.events import OrderConfirmed
+from backoffice.events import Event, Line, OrderConfirmed, OrderShipped
 from backoffice.settings import ServiceSettings
 from devstack.postgres import PostgresServer
 from tests.conftest import BOOTSTRAP, create_topics, eventually, free_port, produce, read_topic
@@ -63,6 +63,7 @@ async def consuming(
     bootstrap: str = BOOTSTRAP,
     batch_size: int = 100,
     commit_interval: float = 0.5,
+    handlers: Mapping[type[Event], Handler] | None = None,
 ) -> AsyncIterator[Consumer]:
     pool = await create_pool(ServiceSettings(database_url=dsn, db_pool_min=1, db_pool_max=4))
     consumer = Consumer(
@@ -71,7 +72,7 @@ async def consuming(
         pool=pool,
         bootstrap=bootstrap,
         batch_size=batch_size,
-        handlers={OrderConfirmed: record_effect},
+        handlers=handlers or {OrderConfirmed: record_effect},
         commit_interval=commit_interval,
     )
     task = asyncio.create_task(consumer.run())
@@ -239,6 +240,63 @@ class TestCommitFailure:
 
 async def _committed_at_least(group: str, n: int) -> bool:
     return await committed(group) >= n
+
+
+class TestBatchedHandlers:
+    """A `Batched` handler takes each run of consecutive fresh events in one call, in record order; a refused event
+    in a run is dead-lettered alone."""
+
+    async def test_runs_are_applied_in_one_call_each_in_order_and_a_refused_event_alone_is_dead_lettered(
+        self, channel: tuple[str, str], make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
+        topic, group = channel
+        dsn = await _db(await make_database("consumer_batched"))
+        calls: list[list[int]] = []  # the n of the events of each call
+
+        async def record_effects(conn: asyncpg.Connection, envelopes: list[Envelope]) -> None:
+            calls.append([int(e.event.customer_id) for e in envelopes])  # type: ignore[attr-defined]
+            for envelope in envelopes:
+                await record_effect(conn, envelope)
+
+        shipped: list[str] = []
+
+        async def note_shipped(conn: asyncpg.Connection, envelope: Envelope) -> None:
+            shipped.append(envelope.id)
+
+        interloper = encode(
+            Envelope(
+                event=OrderShipped(
+                    order_id="one",
+                    customer_id="c",
+                    shipment_id="s",
+                    currency="EUR",
+                    lines=(Line(sku="A", quantity=1, unit_price_minor=1),),
+                    subtotal_minor=1,
+                    shipped_at=datetime.now(UTC),
+                )
+            )
+        )
+        first = [good("one", n) for n in range(40)]  # one key: one partition, in this order
+        first.insert(10, interloper)  # handled by another handler: a run stops at it and resumes after it
+        handlers: dict[type[Event], Handler] = {OrderConfirmed: Batched(record_effects), OrderShipped: note_shipped}
+        async with consuming(dsn, group=group, topic=topic, handlers=handlers):
+            await produce(topic, first)
+            await eventually(lambda: _effects_at_least(dsn, 40))
+            assert len(shipped) == 1
+            assert max(len(ns) for ns in calls) > 1  # runs were applied in one call, not an event at a time
+            assert not any(9 in ns and 10 in ns for ns in calls)  # no run spans the other handler's event
+            calls.clear()
+            await produce(topic, [good("one", 40), good("missing-order", 41), good("one", 42)])
+            dead = await read_topic(f"{group}.dlq", until=lambda rs: len(rs) >= 1)
+            await eventually(lambda: _effects_at_least(dsn, 42))
+        assert [header_map(r.headers)["dlq_reason"].split(":")[0] for r in dead] == ["rejected"]
+        assert [41] in calls  # the refused event, alone in its call (redone with a savepoint per record)
+        conn = await asyncpg.connect(dsn)
+        try:
+            applied = [r["n"] for r in await conn.fetch("SELECT n FROM effects ORDER BY ctid")]
+        finally:
+            await conn.close()
+        assert applied == [*range(41), 42]  # once each, in record order across calls
 
 
 class TestPoison:

@@ -118,8 +118,8 @@ class TestTimelineStore:
     async def test_keyset_newest_first_and_duplicates_ignored(self, conn: asyncpg.Connection) -> None:
         customer = f"tl-{uuid.uuid4().hex[:6]}"
         items = [timeline.Item(str(uuid.uuid4()), customer, "OrderPlaced", T0 + i * H, f"o{i}", "s") for i in range(5)]
-        for item in items + items[:2]:
-            await store.insert_timeline_item(conn, item=item)
+        await store.remember_refs(conn, refs=[], items=items[:3])
+        await store.remember_refs(conn, refs=[], items=items[3:] + items[:2])
         first = await store.list_timeline(conn, customer_id=customer, limit=2)
         assert [i.subject for _, i in first] == ["o4", "o3"]
         seq, last = first[-1]

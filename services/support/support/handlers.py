@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Mapping
 
 from backoffice import events, outbox
-from backoffice.consumer import Handler
+from backoffice.consumer import Batched, Handler
 from backoffice.db import Conn
 from backoffice.envelope import Envelope
 from support import domain, store, timeline
@@ -33,9 +33,12 @@ TIMELINE_EVENTS: tuple[type[events.Event], ...] = (
 TROUBLE_EVENTS: tuple[type[events.Event], ...] = (events.OrderReturned, events.InvoiceOverdue)
 
 
-async def on_event(conn: Conn, envelope: Envelope) -> None:
-    """Learn whose orders and invoices these are, and add the event to its customer's timeline."""
-    await store.remember_refs(conn, refs=timeline.refs_for(envelope.event), item=timeline.item_for(envelope))
+async def on_events(conn: Conn, envelopes: list[Envelope]) -> None:
+    """Learn whose orders and invoices these are, and add each event to its customer's timeline (one statement for
+    a poll's run of them: `Batched`)."""
+    items = [item for envelope in envelopes if (item := timeline.item_for(envelope)) is not None]
+    refs = [ref for envelope in envelopes for ref in timeline.refs_for(envelope.event)]
+    await store.remember_refs(conn, refs=refs, items=items)
 
 
 async def hear_trouble(conn: Conn, envelope: Envelope, *, policy: Mapping[str, SlaTarget]) -> None:
@@ -72,9 +75,10 @@ def build(policy: Mapping[str, SlaTarget]) -> dict[type[events.Event], Handler]:
     """The handler of each event the service consumes."""
 
     async def on_trouble(conn: Conn, envelope: Envelope) -> None:
-        await on_event(conn, envelope)
+        await on_events(conn, [envelope])
         await hear_trouble(conn, envelope, policy=policy)
 
-    handlers: dict[type[events.Event], Handler] = {cls: on_event for cls in TIMELINE_EVENTS}
+    timeline_events = Batched(on_events)
+    handlers: dict[type[events.Event], Handler] = {cls: timeline_events for cls in TIMELINE_EVENTS}
     handlers.update({cls: on_trouble for cls in TROUBLE_EVENTS})
     return handlers

@@ -8,7 +8,6 @@ from typing import Any
 
 import asyncpg
 
-from backoffice import db
 from backoffice.db import Conn
 from backoffice.errors import Conflict
 from support.domain import Dispute, Message, Ticket
@@ -312,27 +311,24 @@ async def sla_counts(
 # --- what the topics told us: owners of orders and invoices, the timeline ---------------------
 
 
-async def remember_refs(conn: Conn, *, refs: Sequence[tuple[str, str, str]], item: Item | None = None) -> None:
-    """Record (kind, id, customer_id) owners, the first owner heard staying, and add `item` to its timeline: one
-    statement for both (each consumed event does this)."""
-    if not refs:
-        if item is not None:
-            await insert_timeline_item(conn, item=item)
+async def remember_refs(conn: Conn, *, refs: Sequence[tuple[str, str, str]], items: Sequence[Item] = ()) -> None:
+    """Record (kind, id, customer_id) owners, the first owner heard staying (the first of `refs` among equals), and
+    add `items` to their timelines (an event already there is skipped): one statement for all of them (each poll of
+    consumed events does this once)."""
+    if not refs and not items:
         return
-    kinds, ids, customers = (list(column) for column in zip(*refs, strict=True))
-    remember = (
-        "INSERT INTO customer_refs (kind, ref_id, customer_id)"
-        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING"
-    )
-    if item is None:
-        await conn.execute(remember, kinds, ids, customers)
-        return
+    kinds, ids, customers = (list(column) for column in zip(*refs, strict=True)) if refs else ([], [], [])
+    columns = [list(column) for column in zip(*map(_item_values, items), strict=True)] if items else [[]] * 6
     await conn.execute(
-        f"WITH refs AS ({remember}) {_insert_item(4)}",
+        "WITH refs AS (INSERT INTO customer_refs (kind, ref_id, customer_id)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING)"
+        " INSERT INTO timeline_items (event_id, customer_id, type, occurred_at, subject, summary)"
+        " SELECT * FROM unnest($4::uuid[], $5::text[], $6::text[], $7::timestamptz[], $8::text[], $9::text[])"
+        " ON CONFLICT (event_id) DO NOTHING",
         kinds,
         ids,
         customers,
-        *_item_values(item),
+        *columns,
     )
 
 
@@ -341,20 +337,8 @@ async def ref_owner(conn: Conn, *, kind: str, ref_id: str) -> str | None:
     return str(owner) if owner is not None else None
 
 
-def _insert_item(first: int) -> str:
-    p = ", ".join(db.placeholders(first, 6))
-    return (
-        "INSERT INTO timeline_items (event_id, customer_id, type, occurred_at, subject, summary)"
-        f" VALUES ({p}) ON CONFLICT (event_id) DO NOTHING"
-    )
-
-
 def _item_values(item: Item) -> tuple[Any, ...]:
     return (item.event_id, item.customer_id, item.type, item.occurred_at, item.subject, item.summary)
-
-
-async def insert_timeline_item(conn: Conn, *, item: Item) -> None:
-    await conn.execute(_insert_item(1), *_item_values(item))
 
 
 async def list_timeline(
