@@ -465,3 +465,119 @@ class TestShippingFromAStaleSnapshot:
         assert (shown["on_hand"], shown["reserved"]) == (7, 1)
         final = await get_order(client, order["id"])
         assert (final["status"], final["lines"][0]["shipped"], len(final["shipments"])) == ("partially_shipped", 3, 1)
+
+
+@pytest.fixture
+def groups(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The outcome of each order of each group commit; every group waits 50 ms before it is written, so that the
+    orders sent together in a test make one group (the first alone, the others the next)."""
+    seen: list[list[str]] = []
+    original = fastpath.GroupCommit._write
+
+    async def lingering(self: fastpath.GroupCommit, pool: Any, group: Any) -> Any:
+        await asyncio.sleep(0.05)
+        outcomes = await original(self, pool, group)
+        seen.append([outcome for outcome, _ in outcomes])
+        return outcomes
+
+    monkeypatch.setattr(fastpath.GroupCommit, "_write", lingering)
+    return seen
+
+
+class TestGroupCommit:
+    """In-stock orders that arrive together are written in one transaction, each in a savepoint of its own."""
+
+    async def test_orders_sent_together_are_written_in_one_group_each_once(
+        self, client: httpx.AsyncClient, settings: Settings, groups: list[list[str]], locking_calls: list[str]
+    ) -> None:
+        skus = [await add_product(client, on_hand=10) for _ in range(4)]
+        customer = new_customer()
+        answers = await asyncio.gather(
+            *(place(client, {skus[n % 4]: 1 + n % 3}, customer=customer, headers=keyed()) for n in range(9))
+        )
+        assert [a.status_code for a in answers] == [201] * 9, [a.text for a in answers]
+        assert sum(len(g) for g in groups) == 9 and max(len(g) for g in groups) > 1
+        assert all(outcome == "placed" for g in groups for outcome in g)
+        assert locking_calls == []
+        for sku in skus:
+            ordered = sum(1 + n % 3 for n in range(9) if n % 4 == skus.index(sku))
+            assert (await product(client, sku))["reserved"] == ordered
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            ids = [r["id"] for r in await conn.fetch("SELECT id::text FROM orders WHERE customer_id = $1", customer)]
+            events = await conn.fetchval(
+                "SELECT count(*) FROM outbox WHERE key = ANY($1::text[])", [a.json()["id"] for a in answers]
+            )
+        finally:
+            await conn.close()
+        assert sorted(ids) == sorted(a.json()["id"] for a in answers)
+        assert events == sum(len(a.json()["history"]) for a in answers)  # each event of each order, once
+        for answer in answers:
+            assert await get_order(client, answer.json()["id"]) == answer.json()
+
+    async def test_an_order_whose_snapshot_no_longer_holds_leaves_the_rest_of_its_group_written(
+        self,
+        client: httpx.AsyncClient,
+        groups: list[list[str]],
+        locking_calls: list[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        skus = [await add_product(client, on_hand=10, price=700) for _ in range(5)]
+        stale_sku = skus[2]
+        real = store.read_products
+
+        async def stale(conn: Any, *, skus: Any) -> Any:  # the price of one product, as read before it changed
+            read = await real(conn, skus=skus)
+            return {s: replace(p, unit_price_minor=1) if s == stale_sku else p for s, p in read.items()}
+
+        monkeypatch.setattr(store, "read_products", stale)
+        answers = await asyncio.gather(*(place(client, {sku: 2}, headers=keyed()) for sku in skus))
+        assert [a.status_code for a in answers] == [201] * 5, [a.text for a in answers]
+        assert [a.json()["total_minor"] for a in answers] == [1400] * 5  # the stale one at the catalogue price
+        assert sorted(o for g in groups for o in g) == ["placed"] * 4 + ["stale"]
+        assert any({"placed", "stale"} <= set(g) for g in groups)  # written beside it, in its transaction
+        assert locking_calls == ["/orders"]
+        assert [(await product(client, sku))["reserved"] for sku in skus] == [2] * 5
+
+    async def test_one_key_sent_many_times_in_one_group_places_one_order(
+        self, client: httpx.AsyncClient, settings: Settings, groups: list[list[str]]
+    ) -> None:
+        sku = await add_product(client, on_hand=10)
+        key = uuid.uuid4().hex
+        customer = new_customer()
+        answers = await asyncio.gather(
+            *(place(client, {sku: 2}, customer=customer, headers=keyed(key)) for _ in range(6))
+        )
+        assert {a.status_code for a in answers} == {201}
+        assert len({a.json()["id"] for a in answers}) == 1
+        assert sum(a.headers.get("idempotent-replayed") == "true" for a in answers) == 5
+        assert (await product(client, sku))["reserved"] == 2
+        assert await _stored_keys(settings, key) == 1
+        assert sorted(o for g in groups for o in g) == ["placed"] + ["stored"] * 5
+        assert max(len(g) for g in groups) > 1
+
+    async def test_a_group_the_server_refuses_is_written_order_by_order(
+        self, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, locking_calls: list[str]
+    ) -> None:
+        async def refused(self: fastpath.GroupCommit, pool: Any, group: Any) -> Any:
+            raise asyncpg.InternalServerError("refused")
+
+        monkeypatch.setattr(fastpath.GroupCommit, "_write", refused)
+        sku = await add_product(client, on_hand=10)
+        answers = await asyncio.gather(*(place(client, {sku: 1}, headers=keyed()) for _ in range(3)))
+        assert [a.status_code for a in answers] == [201] * 3
+        assert locking_calls == []  # each by its own single statement
+        assert (await product(client, sku))["reserved"] == 3
+
+    async def test_a_group_whose_fate_is_unknown_is_never_written_again(
+        self, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, locking_calls: list[str]
+    ) -> None:
+        async def lost(self: fastpath.GroupCommit, pool: Any, group: Any) -> Any:
+            raise ConnectionResetError("the connection was lost while the group was sent")
+
+        monkeypatch.setattr(fastpath.GroupCommit, "_write", lost)
+        sku = await add_product(client, on_hand=10)
+        answer = await place(client, {sku: 1}, headers=keyed())
+        assert answer.status_code >= 500
+        assert locking_calls == []
+        assert (await product(client, sku))["reserved"] == 0

@@ -23,13 +23,17 @@ that changed in between, a deadlock.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import structlog
 from fastapi import Request
 from fastapi.responses import Response
+from prometheus_client import Histogram
 from pydantic import ValidationError
 
 from backoffice import auth, db, events, idempotency, outbox
@@ -37,6 +41,12 @@ from backoffice.auth import Principal
 from backoffice.envelope import Envelope
 from backoffice.errors import Conflict, DomainError
 from orders import domain, schemas, store, workflow
+
+log = structlog.get_logger("orders.fastpath")
+
+GROUP_SIZE = Histogram(
+    "orders_group_commit_orders", "In-stock orders written per group commit", buckets=(1, 2, 4, 8, 16, 24)
+)
 
 STALE = "BOS01"  # raised by place_order_in_stock and ship_order_from_snapshot when the snapshot no longer holds
 _WAIT_MS = 10_000  # as long as the locking path waits for a request with the same key
@@ -65,34 +75,35 @@ async def place_in_stock(request: Request, *, principal: Principal, body: schema
     pool: asyncpg.Pool = request.app.state.pool
     skus = [line.sku for line in body.lines]
     hints = Catalogue.of(request.app)
-    async with pool.acquire() as conn:
-        catalogue = hints.recall(skus)
-        if catalogue is None:
+    catalogue = hints.recall(skus)
+    if catalogue is None:
+        async with pool.acquire() as conn:
             catalogue = await store.read_products(conn, skus=skus)
-            hints.remember(catalogue)
-        now = events.now()
-        try:
-            placed = workflow.place(body, catalogue=catalogue, now=now)
-        except DomainError:
-            hints.forget(skus)
-            return None
-        order = placed.order
-        if order.status != "confirmed" or any(line.reserved != line.quantity for line in order.lines):
-            hints.forget(skus)
-            return None
-        envelopes = [Envelope.wrap(e) for e in placed.events]
-        view = workflow.new_order_view(order, recorded=envelopes, now=now)
-        columns, lines = store.order_document(order)
-        answer = await _write(
-            conn,
-            request,
-            principal=principal,
-            key=key,
-            function="place_order_in_stock",
-            view=view,
-            document={"order": columns, "now": now, "lines": lines},
-            envelopes=envelopes,
-        )
+        hints.remember(catalogue)
+    now = events.now()
+    try:
+        placed = workflow.place(body, catalogue=catalogue, now=now)
+    except DomainError:
+        hints.forget(skus)
+        return None
+    order = placed.order
+    if order.status != "confirmed" or any(line.reserved != line.quantity for line in order.lines):
+        hints.forget(skus)
+        return None
+    envelopes = [Envelope.wrap(e) for e in placed.events]
+    view = workflow.new_order_view(order, recorded=envelopes, now=now)
+    columns, lines = store.order_document(order)
+    answer = await _write(
+        pool,
+        request,
+        principal=principal,
+        key=key,
+        function="place_order_in_stock",
+        view=view,
+        document={"order": columns, "now": now, "lines": lines},
+        envelopes=envelopes,
+        group=GroupCommit.of(request.app),
+    )
     if answer is None:
         hints.forget(skus)
     return answer
@@ -165,55 +176,54 @@ async def ship(request: Request, *, principal: Principal, order_id: str, body: s
     pool: asyncpg.Pool = request.app.state.pool
     async with pool.acquire() as conn:
         found = await store.order_view(conn, order_id=order_id)
-        if found is None:
-            return None
-        read = found.order
-        now = events.now()
-        try:
-            order, shipped = domain.shipment(
-                read,
-                shipment_id=str(uuid.uuid4()),
-                items=body.items(),
-                carrier=body.carrier,
-                tracking_number=body.tracking_number,
-                now=now,
-            )
-        except DomainError:
-            return None
-        envelopes = [Envelope.wrap(shipped)]
-        view = workflow.shipped_view(found, order=order, shipment=shipped, recorded=envelopes, now=now)
-        return await _write(
-            conn,
-            request,
-            principal=principal,
-            key=key,
-            function="ship_order_from_snapshot",
-            view=view,
-            document={
-                "order_id": order_id,
-                "read_status": read.status,
-                "read_lines": [
-                    " ".join(map(str, (li.sku, li.reserved, li.shipped, li.returned, li.cancelled)))
-                    for li in read.lines
-                ],
-                "read_history": len(found.history),
-                "status": order.status,
-                "now": now,
-                "lines": [{"sku": line.sku, "quantity": line.quantity} for line in shipped.lines],
-                "shipment": {
-                    "id": shipped.shipment_id,
-                    "lines": [line.model_dump() for line in shipped.lines],
-                    "subtotal_minor": shipped.subtotal_minor,
-                    "carrier": shipped.carrier,
-                    "tracking_number": shipped.tracking_number,
-                },
-            },
-            envelopes=envelopes,
+    if found is None:
+        return None
+    read = found.order
+    now = events.now()
+    try:
+        order, shipped = domain.shipment(
+            read,
+            shipment_id=str(uuid.uuid4()),
+            items=body.items(),
+            carrier=body.carrier,
+            tracking_number=body.tracking_number,
+            now=now,
         )
+    except DomainError:
+        return None
+    envelopes = [Envelope.wrap(shipped)]
+    view = workflow.shipped_view(found, order=order, shipment=shipped, recorded=envelopes, now=now)
+    return await _write(
+        pool,
+        request,
+        principal=principal,
+        key=key,
+        function="ship_order_from_snapshot",
+        view=view,
+        document={
+            "order_id": order_id,
+            "read_status": read.status,
+            "read_lines": [
+                " ".join(map(str, (li.sku, li.reserved, li.shipped, li.returned, li.cancelled))) for li in read.lines
+            ],
+            "read_history": len(found.history),
+            "status": order.status,
+            "now": now,
+            "lines": [{"sku": line.sku, "quantity": line.quantity} for line in shipped.lines],
+            "shipment": {
+                "id": shipped.shipment_id,
+                "lines": [line.model_dump() for line in shipped.lines],
+                "subtotal_minor": shipped.subtotal_minor,
+                "carrier": shipped.carrier,
+                "tracking_number": shipped.tracking_number,
+            },
+        },
+        envelopes=envelopes,
+    )
 
 
 async def _write(
-    conn: db.Conn,
+    pool: asyncpg.Pool,
     request: Request,
     *,
     principal: Principal,
@@ -222,10 +232,15 @@ async def _write(
     view: schemas.Order,
     document: dict[str, Any],
     envelopes: list[Envelope],
+    group: GroupCommit | None = None,
 ) -> Response | None:
     """Call `function` with `document`, completed with the request's caller, key and hash and the events (each
     one's outbox row, and the type and time of its history row), then the answer and the events' payloads: the
-    201 it wrote, the answer it found stored under the key, or None when the snapshot no longer held."""
+    201 it wrote, the answer it found stored under the key, or None when the snapshot no longer held.
+
+    With a `group`, the call is made with the other orders of the moment, in one transaction (`GroupCommit`);
+    an order the group could not write for a reason of its own (its key held by a request in flight, anything
+    unexpected) is then written on its own, as without a group."""
     encoded = idempotency.encoded(view)
     digest = None if key is None else idempotency.digest_of(request, await request.body())
     recorded, payloads = [], []
@@ -237,21 +252,126 @@ async def _write(
     document.update(
         principal=principal.sub, key=key, request_hash=digest, status_code=201, wait_ms=_WAIT_MS, events=recorded
     )
-    try:
-        stored = await conn.fetchrow(
-            f"SELECT * FROM {function}($1::jsonb, $2::bytea, $3::bytea[])", document, encoded, payloads
-        )
-    except asyncpg.LockNotAvailableError as exc:
-        raise Conflict("a request with this Idempotency-Key is still in progress") from exc
-    except asyncpg.DeadlockDetectedError:
-        return None
-    except asyncpg.PostgresError as exc:
-        if exc.sqlstate == STALE:
+    if group is not None:
+        outcome, stored = await group.place(pool, document, encoded, payloads)
+        if outcome == "placed":
+            return Response(encoded, status_code=201, media_type="application/json")
+        if outcome == "stored":
+            assert stored is not None and digest is not None
+            return idempotency.replay(stored, digest)
+        if outcome in ("stale", "deadlock"):
             return None
-        raise
-    assert stored is not None
-    if not stored[0]:
-        assert digest is not None
-        return idempotency.replay(stored, digest)
-    db.wrote_outbox(conn)
+    async with pool.acquire() as conn:
+        try:
+            stored = await conn.fetchrow(
+                f"SELECT * FROM {function}($1::jsonb, $2::bytea, $3::bytea[])", document, encoded, payloads
+            )
+        except asyncpg.LockNotAvailableError as exc:
+            raise Conflict("a request with this Idempotency-Key is still in progress") from exc
+        except asyncpg.DeadlockDetectedError:
+            return None
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate == STALE:
+                return None
+            raise
+        assert stored is not None
+        if not stored[0]:
+            assert digest is not None
+            return idempotency.replay(stored, digest)
+        db.wrote_outbox(conn)
     return Response(encoded, status_code=201, media_type="application/json")
+
+
+@dataclass(eq=False)
+class _Waiting:
+    document: dict[str, Any]
+    answer: bytes
+    payloads: list[bytes]
+    outcome: asyncio.Future[tuple[str, asyncpg.Record | None]]
+
+
+class GroupCommit:
+    """In-stock orders written together: one transaction, one commit and one round trip for the orders that arrive
+    while the previous group is being written (`place_orders_in_stock`, migration 0006).
+
+    One group is written at a time per process; the orders arriving meanwhile wait and make the next group, up to
+    MAX_ORDERS. Under a trickle a group is one order and costs what the single statement costs; under load, the
+    commit (a WAL flush), the round trip and the statement's overhead are shared. Each order is written in a
+    savepoint of its own, so an order that cannot be written leaves the others as they are; its outcome says why
+    ('stale', 'deadlock', 'busy', 'failed') and the caller decides it as without a group. A group the server
+    refused as a whole wrote nothing: each of its orders comes back with outcome 'retry', to be written on its own.
+    A group whose fate is unknown (the connection lost while it was sent, say) is never written again: each of its
+    requests fails with that error, as the single statement would have.
+    """
+
+    MAX_ORDERS = 24  # savepoints per transaction stay well under the 64 PostgreSQL tracks without overflow
+    WAIT_MS = 1  # for a key held by a request in flight: its order is then written on its own, waiting as usual
+
+    def __init__(self) -> None:
+        self._waiting: list[_Waiting] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    @classmethod
+    def of(cls, app: Any) -> GroupCommit:
+        """The app's group commit (one per app: each has its own database)."""
+        group: GroupCommit | None = getattr(app.state, "group_commit", None)
+        if group is None:
+            group = app.state.group_commit = cls()
+        return group
+
+    async def place(
+        self, pool: asyncpg.Pool, document: dict[str, Any], answer: bytes, payloads: list[bytes]
+    ) -> tuple[str, asyncpg.Record | None]:
+        """The outcome of writing one order with the others of the moment, and the answer stored under its key
+        when the outcome is 'stored'."""
+        waiting = _Waiting(
+            {**document, "wait_ms": self.WAIT_MS}, answer, payloads, asyncio.get_running_loop().create_future()
+        )
+        self._waiting.append(waiting)
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_all(pool), name="orders-group-commit")
+        return await waiting.outcome
+
+    async def _write_all(self, pool: asyncpg.Pool) -> None:
+        group: list[_Waiting] = []
+        try:
+            while self._waiting:
+                group = self._waiting[: self.MAX_ORDERS]
+                del self._waiting[: self.MAX_ORDERS]
+                GROUP_SIZE.observe(len(group))
+                try:
+                    outcomes = await self._write(pool, group)
+                except asyncpg.PostgresError as exc:  # refused by the server: rolled back, nothing was written
+                    log.warning("group_commit_refused", orders=len(group), error=repr(exc))
+                    outcomes = [("retry", None)] * len(group)
+                except Exception as exc:  # noqa: BLE001 - the commit may have happened: never written again here
+                    for waiting in group:
+                        if not waiting.outcome.done():
+                            waiting.outcome.set_exception(exc)
+                    group = []
+                    continue
+                for waiting, outcome in zip(group, outcomes, strict=True):
+                    if not waiting.outcome.done():
+                        waiting.outcome.set_result(outcome)
+                group = []
+        finally:
+            self._writer = None
+            for waiting in group:  # cancelled while writing: whether it committed is unknown
+                waiting.outcome.cancel()
+            for waiting in self._waiting:  # cancelled before their group was sent: each is written on its own
+                if not waiting.outcome.done():
+                    waiting.outcome.set_result(("retry", None))
+            self._waiting.clear()
+
+    async def _write(self, pool: asyncpg.Pool, group: list[_Waiting]) -> list[tuple[str, asyncpg.Record | None]]:
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT * FROM place_orders_in_stock($1::jsonb, $2::bytea[], $3::bytea[], $4::integer[])",
+                [w.document for w in group],
+                [w.answer for w in group],
+                [payload for w in group for payload in w.payloads],
+                [len(w.payloads) for w in group],
+            )
+            if any(row["outcome"] == "placed" for row in rows):
+                db.wrote_outbox(conn)
+        return [(row["outcome"], row if row["outcome"] == "stored" else None) for row in rows]
