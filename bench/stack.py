@@ -37,11 +37,7 @@ class Stack:
         self.ports = free_ports("postgres", "kafka", "controller", "baseline", *SERVICES)
         self.pg = postgres.PostgresServer(state, port=self.ports["postgres"], fast_durability=False)
         self.broker = kafka.KafkaBroker(
-            state,
-            port=self.ports["kafka"],
-            controller_port=self.ports["controller"],
-            partitions=PARTITIONS,
-            long_lived=True,  # warmed by the messaging pairs before the HTTP pairs run: the JIT's full tiers pay
+            state, port=self.ports["kafka"], controller_port=self.ports["controller"], partitions=PARTITIONS
         )
         self.fleet: Fleet | None = None
         self.baseline: ServiceProcess | None = None

@@ -61,9 +61,7 @@ def new_cluster_id() -> str:
 class KafkaBroker:
     """A broker with its own data directory and ports; `start` is idempotent, `kill` is a crash."""
 
-    def __init__(
-        self, state: Path, *, port: int, controller_port: int, partitions: int = 6, long_lived: bool = False
-    ) -> None:
+    def __init__(self, state: Path, *, port: int, controller_port: int, partitions: int = 6) -> None:
         self.dir = state / "kafka"
         self.data = self.dir / "data"
         self.logs = self.dir / "logs"
@@ -73,7 +71,6 @@ class KafkaBroker:
         self.port = port
         self.controller_port = controller_port
         self.partitions = partitions
-        self.long_lived = long_lived
 
     @property
     def bootstrap(self) -> str:
@@ -117,11 +114,9 @@ class KafkaBroker:
             "-Xms256m",
             "-Xmx768m",
             "-XX:+UseG1GC",
-            # C1 only, unless the broker is `long_lived` (the bench's, like production's): a broker that lives for a
-            # test run or a dev session spent more on C2 compiling for minutes after its start (0.2-0.3 of a core
-            # measured at 30 orders/s) than C2's faster code saved. Once warm, that code is the cheaper one: after
-            # 150 s of the bench pipeline, the broker took 0.17-0.19 of a core at 46 orders/s with C2, 0.24-0.25 C1.
-            *(() if self.long_lived else ("-XX:TieredStopAtLevel=1",)),
+            # C1 only: this broker lives for a test run or a dev session; C2 kept compiling for minutes after each
+            # start (0.2-0.3 of a core measured at 30 orders/s), more than its faster code saved (about 0.08).
+            "-XX:TieredStopAtLevel=1",
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={LOG4J}",
             f"-Dkafka.logs.dir={self.logs}",

@@ -7,7 +7,6 @@ import itertools
 import math
 import os
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -17,7 +16,6 @@ from bench import http_pairs, report
 from bench.ledger_post import LedgerBench
 from bench.loadgen import percentile
 from bench.stack import Stack
-from devstack.kafka import KafkaBroker
 from tests.conftest import ADMIN_DSN, BOOTSTRAP
 
 
@@ -151,11 +149,3 @@ class TestHttpPlaceOrderKeys:
         http._keys = itertools.count()  # the keys of the run before are sent again: replays
         with pytest.raises(RuntimeError, match="a 201 must be a new order"):
             await http_pairs.throughput(http, ours=True, seconds=0.05)
-
-
-class TestBenchBroker:
-    def test_the_bench_broker_runs_the_full_jit_and_a_test_broker_c1_only(self, tmp_path: Path) -> None:
-        """The bench's broker is warmed by the messaging pairs, like production's; a short-lived one is not."""
-        c1_only = "-XX:TieredStopAtLevel=1"
-        assert c1_only not in Stack(tmp_path / "bench").broker._java("kafka.Kafka")
-        assert c1_only in KafkaBroker(tmp_path / "dev", port=1, controller_port=2)._java("kafka.Kafka")
