@@ -102,7 +102,7 @@ async def place_in_stock(request: Request, *, principal: Principal, body: schema
         view=view,
         document={"order": columns, "now": now, "lines": lines},
         envelopes=envelopes,
-        group=GroupCommit.of(request.app),
+        group=GroupCommit.of(request.app) if request.app.state.settings.group_commit else None,
     )
     if answer is None:
         hints.forget(skus)

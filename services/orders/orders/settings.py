@@ -17,3 +17,6 @@ class Settings(ServiceSettings):
         "postgresql://postgres@127.0.0.1:55432/orders",
         validation_alias=AliasChoices("ORDERS_DATABASE_URL", "DATABASE_URL"),
     )
+    # In-stock orders arriving together are written in one transaction (`fastpath.GroupCommit`); off, each is
+    # written by a statement of its own.
+    group_commit: bool = True
