@@ -497,7 +497,7 @@ class TestGroupCommit:
         )
         assert [a.status_code for a in answers] == [201] * 9, [a.text for a in answers]
         assert sum(len(g) for g in groups) == 9 and max(len(g) for g in groups) > 1
-        assert all(outcome == "placed" for g in groups for outcome in g)
+        assert all(outcome == "written" for g in groups for outcome in g)
         assert locking_calls == []
         for sku in skus:
             ordered = sum(1 + n % 3 for n in range(9) if n % 4 == skus.index(sku))
@@ -534,8 +534,8 @@ class TestGroupCommit:
         answers = await asyncio.gather(*(place(client, {sku: 2}, headers=keyed()) for sku in skus))
         assert [a.status_code for a in answers] == [201] * 5, [a.text for a in answers]
         assert [a.json()["total_minor"] for a in answers] == [1400] * 5  # the stale one at the catalogue price
-        assert sorted(o for g in groups for o in g) == ["placed"] * 4 + ["stale"]
-        assert any({"placed", "stale"} <= set(g) for g in groups)  # written beside it, in its transaction
+        assert sorted(o for g in groups for o in g) == ["stale"] + ["written"] * 4
+        assert any({"written", "stale"} <= set(g) for g in groups)  # written beside it, in its transaction
         assert locking_calls == ["/orders"]
         assert [(await product(client, sku))["reserved"] for sku in skus] == [2] * 5
 
@@ -553,8 +553,34 @@ class TestGroupCommit:
         assert sum(a.headers.get("idempotent-replayed") == "true" for a in answers) == 5
         assert (await product(client, sku))["reserved"] == 2
         assert await _stored_keys(settings, key) == 1
-        assert sorted(o for g in groups for o in g) == ["placed"] + ["stored"] * 5
+        assert sorted(o for g in groups for o in g) == ["stored"] * 5 + ["written"]
         assert max(len(g) for g in groups) > 1
+
+    async def test_shipments_sent_together_are_written_in_one_group(
+        self, client: httpx.AsyncClient, settings: Settings, locking_calls: list[str]
+    ) -> None:
+        sku = await add_product(client, on_hand=20)
+        orders = [await placed(client, {sku: 2}) for _ in range(6)]
+        seen: list[list[str]] = []
+        original = fastpath.GroupCommit._write
+
+        async def lingering(self: fastpath.GroupCommit, pool: Any, group: Any) -> Any:
+            await asyncio.sleep(0.05)
+            outcomes = await original(self, pool, group)
+            seen.append([f"{self.kind} {outcome}" for outcome, _ in outcomes])
+            return outcomes
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(fastpath.GroupCommit, "_write", lingering)
+            answers = await asyncio.gather(*(_ship(client, order["id"], {sku: 2}) for order in orders))
+        assert [a.status_code for a in answers] == [201] * 6, [a.text for a in answers]
+        assert sorted(o for g in seen for o in g) == ["ship written"] * 6
+        assert max(len(g) for g in seen) > 1
+        assert locking_calls == []
+        shown = await product(client, sku)
+        assert (shown["on_hand"], shown["reserved"]) == (20 - 12, 0)
+        for order in orders:
+            assert (await get_order(client, order["id"]))["status"] == "shipped"
 
     async def test_a_group_the_server_refuses_is_written_order_by_order(
         self, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, locking_calls: list[str]

@@ -45,7 +45,10 @@ from orders import domain, schemas, store, workflow
 log = structlog.get_logger("orders.fastpath")
 
 GROUP_SIZE = Histogram(
-    "orders_group_commit_orders", "In-stock orders written per group commit", buckets=(1, 2, 4, 8, 16, 24)
+    "orders_group_commit_writes",
+    "In-stock orders (kind place) or shipments (kind ship) written per group commit",
+    ["kind"],
+    buckets=(1, 2, 4, 8, 16, 24),
 )
 
 STALE = "BOS01"  # raised by place_order_in_stock and ship_order_from_snapshot when the snapshot no longer holds
@@ -102,7 +105,7 @@ async def place_in_stock(request: Request, *, principal: Principal, body: schema
         view=view,
         document={"order": columns, "now": now, "lines": lines},
         envelopes=envelopes,
-        group=GroupCommit.of(request.app) if request.app.state.settings.group_commit else None,
+        group=GroupCommit.of(request.app, "place"),
     )
     if answer is None:
         hints.forget(skus)
@@ -219,6 +222,7 @@ async def ship(request: Request, *, principal: Principal, order_id: str, body: s
             },
         },
         envelopes=envelopes,
+        group=GroupCommit.of(request.app, "ship"),
     )
 
 
@@ -254,7 +258,7 @@ async def _write(
     )
     if group is not None:
         outcome, stored = await group.place(pool, document, encoded, payloads)
-        if outcome == "placed":
+        if outcome == "written":
             return Response(encoded, status_code=201, media_type="application/json")
         if outcome == "stored":
             assert stored is not None and digest is not None
@@ -291,33 +295,39 @@ class _Waiting:
 
 
 class GroupCommit:
-    """In-stock orders written together: one transaction, one commit and one round trip for the orders that arrive
-    while the previous group is being written (`place_orders_in_stock`, migration 0006).
+    """In-stock orders (or shipments) written together: one transaction, one commit and one round trip for those
+    that arrive while the previous group is being written (`write_snapshots`, migrations 0006 and 0007).
 
-    One group is written at a time per process; the orders arriving meanwhile wait and make the next group, up to
-    MAX_ORDERS. Under a trickle a group is one order and costs what the single statement costs; under load, the
-    commit (a WAL flush), the round trip and the statement's overhead are shared. Each order is written in a
-    savepoint of its own, so an order that cannot be written leaves the others as they are; its outcome says why
-    ('stale', 'deadlock', 'busy', 'failed') and the caller decides it as without a group. A group the server
-    refused as a whole wrote nothing: each of its orders comes back with outcome 'retry', to be written on its own.
-    A group whose fate is unknown (the connection lost while it was sent, say) is never written again: each of its
-    requests fails with that error, as the single statement would have.
+    One group of each kind is written at a time per process; the orders arriving meanwhile wait and make the next
+    group, up to MAX_ORDERS. Under a trickle a group is one order and costs what the single statement costs; under
+    load, the commit (a WAL flush), the round trip and the statement's overhead are shared. Each order is written
+    in a savepoint of its own, so an order that cannot be written leaves the others as they are. Its outcome is
+    'written', 'stored' (the answer already stored under its key) or why it was not written ('stale', 'deadlock',
+    'busy', 'failed'), and the caller then decides it as without a group. A group the server refused as a whole
+    wrote nothing: each of its orders comes back with outcome 'retry', to be written on its own. A group whose fate
+    is unknown (the connection lost while it was sent, say) is never written again: each of its requests fails with
+    that error, as the single statement would have.
     """
 
     MAX_ORDERS = 24  # savepoints per transaction stay well under the 64 PostgreSQL tracks without overflow
     WAIT_MS = 1  # for a key held by a request in flight: its order is then written on its own, waiting as usual
 
-    def __init__(self) -> None:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind  # 'place' or 'ship'
         self._waiting: list[_Waiting] = []
         self._writer: asyncio.Task[None] | None = None
 
     @classmethod
-    def of(cls, app: Any) -> GroupCommit:
-        """The app's group commit (one per app: each has its own database)."""
-        group: GroupCommit | None = getattr(app.state, "group_commit", None)
-        if group is None:
-            group = app.state.group_commit = cls()
-        return group
+    def of(cls, app: Any, kind: str) -> GroupCommit | None:
+        """The app's group commit of `kind` (one per app: each has its own database); None when it is turned off."""
+        if not app.state.settings.group_commit:
+            return None
+        groups: dict[str, GroupCommit] | None = getattr(app.state, "group_commits", None)
+        if groups is None:
+            groups = app.state.group_commits = {}
+        if kind not in groups:
+            groups[kind] = cls(kind)
+        return groups[kind]
 
     async def place(
         self, pool: asyncpg.Pool, document: dict[str, Any], answer: bytes, payloads: list[bytes]
@@ -338,7 +348,7 @@ class GroupCommit:
             while self._waiting:
                 group = self._waiting[: self.MAX_ORDERS]
                 del self._waiting[: self.MAX_ORDERS]
-                GROUP_SIZE.observe(len(group))
+                GROUP_SIZE.labels(self.kind).observe(len(group))
                 try:
                     outcomes = await self._write(pool, group)
                 except asyncpg.PostgresError as exc:  # refused by the server: rolled back, nothing was written
@@ -366,12 +376,13 @@ class GroupCommit:
     async def _write(self, pool: asyncpg.Pool, group: list[_Waiting]) -> list[tuple[str, asyncpg.Record | None]]:
         async with pool.acquire() as conn:
             rows = await conn.fetch(
-                "SELECT * FROM place_orders_in_stock($1::jsonb, $2::bytea[], $3::bytea[], $4::integer[])",
+                "SELECT * FROM write_snapshots($1, $2::jsonb, $3::bytea[], $4::bytea[], $5::integer[])",
+                self.kind,
                 [w.document for w in group],
                 [w.answer for w in group],
                 [payload for w in group for payload in w.payloads],
                 [len(w.payloads) for w in group],
             )
-            if any(row["outcome"] == "placed" for row in rows):
+            if any(row["outcome"] == "written" for row in rows):
                 db.wrote_outbox(conn)
         return [(row["outcome"], row if row["outcome"] == "stored" else None) for row in rows]
