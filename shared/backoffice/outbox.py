@@ -132,6 +132,8 @@ def new_producer(bootstrap: str) -> AIOKafkaProducer:
 class Relay:
     """Publishes unsent outbox rows; wakes on NOTIFY, polls as a fallback, backs off while Kafka is down."""
 
+    CYCLE_TIMEOUT_S = 120.0  # far above any cycle's own bounds (a poll interval, 30 s for acks, 10 s for a fetch)
+
     def __init__(
         self, *, dsn: str, bootstrap: str, topic_prefix: str = "", batch_size: int = 500, poll_interval: float = 1.0
     ) -> None:
@@ -160,23 +162,42 @@ class Relay:
             self._notify.set()
 
     async def run(self) -> None:
-        """Run until cancelled; every failure is retried with backoff."""
+        """Run until cancelled; every failure is retried with backoff, and the relay never stops on its own.
+
+        A cycle that takes longer than CYCLE_TIMEOUT_S is stuck (each of its waits has a bound well under it) and is
+        abandoned like a failed one. A failure of an unexpected kind is logged with its traceback, and both clients
+        are rebuilt. Rows published but not yet marked are published again by the next cycle; consumers skip them.
+        """
         backoff = 0.2
         measuring = asyncio.create_task(self._measure_loop(), name="outbox-measure")
         notifying = asyncio.create_task(self._notify_loop(), name="outbox-notify")
         unsubscribe = db.on_outbox_released(self._written)
         try:
             while not self._stopping:
+                bound = asyncio.timeout(self.CYCLE_TIMEOUT_S)
                 try:
-                    await self._connect()
-                    await self._cycle()
+                    async with bound:
+                        await self._connect()
+                        await self._cycle()
                     backoff = 0.2
+                    continue
                 except (TimeoutError, KafkaError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     RELAY_ERRORS.inc()
-                    log.warning("relay_retry", error=repr(exc), backoff_s=round(backoff, 2))
-                    await self._reset(kafka=isinstance(exc, KafkaError | asyncio.TimeoutError))
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 10.0)
+                    stuck = bound.expired()
+                    log.warning("relay_retry", error=repr(exc), stuck=stuck, backoff_s=round(backoff, 2))
+                    kafka, database = isinstance(exc, KafkaError | asyncio.TimeoutError), stuck
+                except Exception as exc:  # a relay that stopped would leave every later row unsent
+                    RELAY_ERRORS.inc()
+                    log.exception("relay_failed", error=repr(exc), backoff_s=round(backoff, 2))
+                    kafka, database = True, True
+                try:
+                    async with asyncio.timeout(self.CYCLE_TIMEOUT_S):
+                        await self._reset(kafka=kafka, database=database)
+                except Exception as exc:  # whatever is left is dropped: the next cycle starts afresh
+                    log.exception("relay_reset_failed", error=repr(exc))
+                    self._abandon()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
         finally:
             unsubscribe()
             measuring.cancel()
@@ -251,7 +272,19 @@ class Relay:
             self.producer = producer
         self.kafka_ok = True
 
-    async def _reset(self, *, kafka: bool) -> None:
+    def _abandon(self) -> None:
+        """Drop both clients and all state without waiting for anything (after a reset that failed itself)."""
+        self._ahead = None
+        while self._in_flight:
+            self._in_flight.popleft()[1].cancel()
+        self.kafka_ok = False
+        self.producer = None  # its connections are closed when it is collected
+        if self._conn is not None:
+            self._conn.terminate()
+            self._conn = None
+        self.lanes.clear()
+
+    async def _reset(self, *, kafka: bool, database: bool = False) -> None:
         try:
             await self._drop_ahead()
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
@@ -269,7 +302,7 @@ class Relay:
                     await asyncio.wait_for(producer.stop(), 10)
                 except (TimeoutError, KafkaError, OSError):
                     pass
-        if self._conn is not None and (kafka is False or self._stopping):
+        if self._conn is not None and (kafka is False or database or self._stopping):
             conn, self._conn = self._conn, None
             self.lanes.clear()
             try:

@@ -116,6 +116,46 @@ class TestOrderAndRecovery:
         assert {k: seqs[k] for k in keys} == {k: list(range(30)) for k in keys}
 
 
+class TestNeverStops:
+    """A relay that fails in a way nobody foresaw, or hangs, goes on publishing: a stopped relay would leave every
+    later row unsent while the service still answers."""
+
+    @pytest.mark.parametrize("failure", ["hangs", "raises"])
+    async def test_a_cycle_that_hangs_or_raises_the_unexpected_is_abandoned_and_every_row_still_published(
+        self, failure: str, topics: str, make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
+        dsn = await messaging_db(await make_database(f"outbox_{failure}"))
+        keys = [f"{failure}-key-{i}" for i in range(3)]
+        ids = await append_numbered(dsn, keys=keys, per_key=20)
+        relay = outbox.Relay(dsn=dsn, bootstrap=BOOTSTRAP, topic_prefix=topics, batch_size=10, poll_interval=0.2)
+        relay.CYCLE_TIMEOUT_S = 1.0
+        real = relay.publish_batch
+        broken = [True]
+
+        async def first_fails() -> int:
+            if broken and broken.pop():
+                if failure == "hangs":
+                    await asyncio.Event().wait()
+                raise RuntimeError("nobody foresaw this")
+            return await real()
+
+        relay.publish_batch = first_fails  # type: ignore[method-assign]
+        task = asyncio.create_task(relay.run())
+        try:
+            records = await read_topic(
+                events_topic("orders", prefix=topics), until=lambda rs: set(ids) <= set(ce_ids(rs))
+            )
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await relay.stop()
+        assert not broken, "the failure was never met"
+        seqs = by_key([r for r in records if r.key.decode() in keys])
+        assert {k: seqs[k] for k in keys} == {k: list(range(20)) for k in keys}
+        assert await _sent(dsn) == len(ids)
+
+
 @pytest.fixture(scope="module")
 async def private_broker(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """A broker of this module's own, so that stopping it disturbs no other test."""
