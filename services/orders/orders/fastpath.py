@@ -257,7 +257,7 @@ async def _write(
         principal=principal.sub, key=key, request_hash=digest, status_code=201, wait_ms=_WAIT_MS, events=recorded
     )
     if group is not None:
-        outcome, stored = await group.place(pool, document, encoded, payloads)
+        outcome, stored = await group.submit(pool, document, encoded, payloads)
         if outcome == "written":
             return Response(encoded, status_code=201, media_type="application/json")
         if outcome == "stored":
@@ -329,11 +329,11 @@ class GroupCommit:
             groups[kind] = cls(kind)
         return groups[kind]
 
-    async def place(
+    async def submit(
         self, pool: asyncpg.Pool, document: dict[str, Any], answer: bytes, payloads: list[bytes]
     ) -> tuple[str, asyncpg.Record | None]:
-        """The outcome of writing one order with the others of the moment, and the answer stored under its key
-        when the outcome is 'stored'."""
+        """The outcome of one write (an order or a shipment) made with the others of the moment, and the answer
+        stored under its key when the outcome is 'stored'."""
         waiting = _Waiting(
             {**document, "wait_ms": self.WAIT_MS}, answer, payloads, asyncio.get_running_loop().create_future()
         )
