@@ -101,16 +101,21 @@ class _Rejected(Exception):
     """A handler refused or failed in the batch's fast path: redo the batch with a savepoint per record."""
 
 
+async def _dispatch(conn: Conn, handler: Handler, envelopes: list[Envelope]) -> None:
+    """Hand events to their handler: a `Batched` one takes them all in one call, any other one at a time."""
+    if isinstance(handler, Batched):
+        await handler.apply(conn, envelopes)
+    else:
+        for envelope in envelopes:
+            await handler(conn, envelope)
+
+
 async def _apply_run(conn: Conn, handler: Handler | None, envelopes: list[Envelope]) -> None:
-    """Apply fresh events with their handler (a `Batched` one takes them all in one call) in the fast path."""
+    """Apply fresh events with their handler in the fast path; a permanent failure rejects the batch."""
     assert handler is not None
     context.bind(correlation=envelopes[0].correlation_id, parent=envelopes[0].traceparent)
     try:
-        if isinstance(handler, Batched):
-            await handler.apply(conn, envelopes)
-        else:
-            for envelope in envelopes:
-                await handler(conn, envelope)
+        await _dispatch(conn, handler, envelopes)
     except Exception as exc:
         if is_transient(exc):
             raise
@@ -393,7 +398,7 @@ class Consumer:
                 if not inserted:
                     DUPLICATES.labels(self.group).inc()
                     return None
-                await (handler.apply(conn, [envelope]) if isinstance(handler, Batched) else handler(conn, envelope))
+                await _dispatch(conn, handler, [envelope])
         except DomainError as exc:
             return f"rejected: {type(exc).__name__}: {exc.detail}"
         except Exception as exc:

@@ -296,7 +296,7 @@ class _Waiting:
 
 class GroupCommit:
     """In-stock orders (or shipments) written together: one transaction, one commit and one round trip for those
-    that arrive while the previous group is being written (`write_snapshots`, migrations 0006 and 0007).
+    that arrive while the previous group is being written (`write_snapshots`, migration 0006).
 
     One group of each kind is written at a time per process; the orders arriving meanwhile wait and make the next
     group, up to MAX_ORDERS. Under a trickle a group is one order and costs what the single statement costs; under
