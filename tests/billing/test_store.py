@@ -144,3 +144,78 @@ class TestGuards:
                 conn, invoice_id=invoice.id, levels=[1, 2, 3], days=20, as_of=as_of
             )
         assert (first, again) == ([1, 2], [3])
+
+
+class TestBatchedInvoicing:
+    """`invoice_shipments`: a consumer's run of shipments in three statements, as if invoiced one after another."""
+
+    async def batch(self, billing: Billing, shipments: list[events.OrderShipped], at: datetime) -> list[str | None]:
+        async with billing.pool.acquire() as conn, conn.transaction():
+            made = await handlers.invoice_shipments(conn, shipments, tax_rate_bps=2000, default_terms_days=30, at=at)
+        return [None if invoice is None else invoice.number for invoice in made]
+
+    async def test_numbers_follow_the_batch_and_a_shipment_is_invoiced_once(self, billing: Billing) -> None:
+        at = datetime(2036, 6, 1, tzinfo=UTC)
+        before = shipped(new_id("c"), [("A", 1, 100)])
+        assert await self.batch(billing, [before], at) == ["INV-2036-000001"]
+        a, b, c = (shipped(new_id("c"), [("A", 2, 100)]) for _ in range(3))
+        again = a.model_copy()  # the same shipment, delivered again within the run
+        numbers = await self.batch(billing, [a, before, b, again, c], at)
+        assert numbers == ["INV-2036-000002", None, "INV-2036-000003", None, "INV-2036-000004"]
+        rows = await billing.pool.fetch(
+            "SELECT shipment_id, number, total_minor FROM invoices WHERE shipment_id = ANY($1::text[]) ORDER BY number",
+            [s.shipment_id for s in (before, a, b, c)],
+        )
+        assert [(r["shipment_id"], r["number"], r["total_minor"]) for r in rows] == [
+            (before.shipment_id, "INV-2036-000001", 120),
+            (a.shipment_id, "INV-2036-000002", 240),
+            (b.shipment_id, "INV-2036-000003", 240),
+            (c.shipment_id, "INV-2036-000004", 240),
+        ]
+        for shipment, number in ((a, "INV-2036-000002"), (c, "INV-2036-000004")):
+            invoice_id = await billing.pool.fetchval("SELECT id::text FROM invoices WHERE number = $1", number)
+            assert [name for name, _ in await billing.outbox(invoice_id)] == ["InvoiceIssued"]
+            assert shipment.customer_id in await billing.pool.fetchval(
+                "SELECT string_agg(customer_id, ',') FROM customers"
+            )
+
+    async def test_credit_is_used_in_batch_order_and_terms_per_customer(self, billing: Billing) -> None:
+        at = datetime(2037, 6, 1, tzinfo=UTC)
+        rich, other = new_id("c"), new_id("c")
+        async with billing.pool.acquire() as conn, conn.transaction():
+            await store.add_credit(conn, customer_id=rich, currency="EUR", delta_minor=150)
+            await store.set_terms(conn, customer_id=other, days=7)
+        first, second, third = (shipped(rich, [("A", 1, 100)]) for _ in range(3))  # 120 each with tax
+        theirs = shipped(other, [("A", 1, 100)])
+        await self.batch(billing, [first, theirs, second, third], at)
+        rows = {
+            r["shipment_id"]: r
+            for r in await billing.pool.fetch(
+                "SELECT shipment_id, credit_applied_minor, balance_minor, status, due_at FROM invoices"
+                " WHERE customer_id = ANY($1::text[])",
+                [rich, other],
+            )
+        }
+        assert [
+            (rows[s.shipment_id]["credit_applied_minor"], rows[s.shipment_id]["status"]) for s in (first, second, third)
+        ] == [
+            (120, "paid"),
+            (30, "partially_paid"),
+            (0, "open"),
+        ]
+        assert rows[theirs.shipment_id]["due_at"] == at + timedelta(days=7)
+        assert rows[first.shipment_id]["due_at"] == at + timedelta(days=30)
+        async with billing.pool.acquire() as conn:
+            assert await store.lock_credit(conn, customer_id=rich, currency="EUR") == 0
+        settled = await billing.pool.fetch(
+            "SELECT i.shipment_id, s.amount_minor FROM invoice_settlements s JOIN invoices i ON i.id = s.invoice_id"
+            " WHERE i.customer_id = $1 AND s.kind = 'credit'",
+            rich,
+        )
+        assert sorted((r["shipment_id"], r["amount_minor"]) for r in settled) == sorted(
+            [(first.shipment_id, 120), (second.shipment_id, 30)]
+        )
+        first_id = await billing.pool.fetchval(
+            "SELECT id::text FROM invoices WHERE shipment_id = $1", first.shipment_id
+        )
+        assert [name for name, _ in await billing.outbox(first_id)] == ["InvoiceIssued", "CreditApplied", "InvoicePaid"]

@@ -100,62 +100,97 @@ async def next_number(conn: Conn, *, kind: str, year: int) -> int:
 
 
 @dataclass(frozen=True)
-class ShipmentToInvoice:
-    number: int  # the invoice's number in its year, taken
-    credit_minor: int  # the customer's unapplied credit in the shipment's currency, its row locked (0: none)
+class ShipmentsToInvoice:
+    numbers: dict[str, int]  # shipment id -> the invoice number taken for it, for those not invoiced yet
+    credit: dict[tuple[str, str], int]  # (customer, currency) -> unapplied credit, its row locked (absent: none)
 
 
-async def start_shipment_invoice(
-    conn: Conn, *, shipment_id: str, customer_id: str, currency: str, year: int
-) -> ShipmentToInvoice | None:
-    """None when the shipment is invoiced already; else take the next invoice number of `year` (`next_number`)
-    and lock the customer's credit (`lock_credit`), in one statement. The caller holds the customer's lock, which
-    every invoice of theirs is made under, so the check sees any made before."""
-    row = await conn.fetchrow(
-        "WITH billed AS (SELECT EXISTS (SELECT 1 FROM invoices WHERE shipment_id = $1) AS yes),"
-        " taken AS (INSERT INTO number_sequences (kind, year, last_value) SELECT 'INV', $2, 1 FROM billed"
-        " WHERE NOT billed.yes ON CONFLICT (kind, year) DO UPDATE SET last_value = number_sequences.last_value + 1"
-        " RETURNING last_value)"
-        " SELECT (SELECT last_value FROM taken) AS number,"
-        " (SELECT balance_minor FROM customer_credit WHERE customer_id = $3 AND currency = $4 FOR UPDATE) AS credit"
-        " FROM billed WHERE NOT billed.yes",
-        shipment_id,
-        year,
-        customer_id,
-        currency,
+async def lock_customers(conn: Conn, *, customer_ids: Sequence[str]) -> dict[str, int | None]:
+    """`lock_customer` for several customers, in one statement and in customer id order (the order every writer
+    that locks more than one takes them in); their terms, if set, by customer."""
+    rows = await conn.fetch(
+        "INSERT INTO customers (customer_id) SELECT c FROM unnest($1::text[]) AS c ORDER BY c"
+        " ON CONFLICT (customer_id) DO UPDATE SET customer_id = EXCLUDED.customer_id"
+        " RETURNING customer_id, payment_terms_days",
+        sorted(set(customer_ids)),
     )
-    return None if row is None else ShipmentToInvoice(row["number"], int(row["credit"] or 0))
+    return {r["customer_id"]: r["payment_terms_days"] for r in rows}
 
 
-async def insert_invoice(conn: Conn, *, invoice: Invoice, caused: Sequence[events.Event]) -> None:
-    """The invoice and the events it caused (outbox), in one statement."""
-    published = outbox.columns([Envelope.wrap(e) for e in caused])
+async def start_shipment_invoices(
+    conn: Conn, *, shipments: Sequence[tuple[str, str, str]], year: int
+) -> ShipmentsToInvoice:
+    """For `(shipment id, customer, currency)` of distinct shipments, in one statement: skip those invoiced already,
+    take the next invoice numbers of `year` for the others in the order given (the counter row stays locked until
+    the caller's transaction ends), and lock their customers' credit. The caller holds the customers' locks
+    (`lock_customers`, a statement before this one), which every invoice of theirs is made under, so the check
+    sees any made before."""
+    row = await conn.fetchrow(
+        "WITH s AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY"
+        "  AS s(shipment_id, customer_id, currency, n)),"
+        " fresh AS (SELECT s.* FROM s WHERE NOT EXISTS (SELECT 1 FROM invoices i WHERE i.shipment_id = s.shipment_id)),"
+        " taken AS (INSERT INTO number_sequences (kind, year, last_value) SELECT 'INV', $4, count(*) FROM fresh"
+        "  HAVING count(*) > 0 ON CONFLICT (kind, year)"
+        "  DO UPDATE SET last_value = number_sequences.last_value + EXCLUDED.last_value RETURNING last_value),"
+        " credit AS (SELECT c.customer_id, c.currency, c.balance_minor FROM customer_credit c"
+        "  WHERE (c.customer_id, c.currency) IN (SELECT customer_id, currency FROM fresh)"
+        "  ORDER BY c.customer_id, c.currency FOR UPDATE)"
+        " SELECT (SELECT array_agg(shipment_id ORDER BY n) FROM fresh) AS fresh,"
+        " (SELECT last_value FROM taken) AS last,"
+        " (SELECT jsonb_agg(jsonb_build_array(customer_id, currency, balance_minor)) FROM credit) AS credit",
+        [s[0] for s in shipments],
+        [s[1] for s in shipments],
+        [s[2] for s in shipments],
+        year,
+    )
+    assert row is not None
+    fresh: list[str] = row["fresh"] or []
+    first = (row["last"] or 0) - len(fresh) + 1
+    return ShipmentsToInvoice(
+        {shipment: first + i for i, shipment in enumerate(fresh)},
+        {(customer, currency): int(balance) for customer, currency, balance in row["credit"] or []},
+    )
+
+
+async def insert_invoices(conn: Conn, *, invoices: Sequence[tuple[Invoice, Sequence[events.Event]]]) -> None:
+    """New invoices and the events each caused (outbox, in order), in one statement."""
+    rows = [
+        {
+            "id": i.id,
+            "number": i.number,
+            "customer_id": i.customer_id,
+            "order_id": i.order_id,
+            "shipment_id": i.shipment_id,
+            "currency": i.currency,
+            "lines": [line.model_dump(mode="json") for line in i.lines],
+            "tax_rate_bps": i.tax_rate_bps,
+            "subtotal_minor": i.subtotal_minor,
+            "tax_minor": i.tax_minor,
+            "total_minor": i.total_minor,
+            "paid_minor": i.paid_minor,
+            "credit_applied_minor": i.credit_applied_minor,
+            "credited_minor": i.credited_minor,
+            "balance_minor": i.balance_minor,
+            "status": i.status,
+            "dunning_level": i.dunning_level,
+            "issued_at": i.issued_at,
+            "due_at": i.due_at,
+            "closed_at": i.closed_at,
+        }
+        for i, _ in invoices
+    ]
+    published = outbox.columns([Envelope.wrap(e) for _, caused in invoices for e in caused])
     await conn.execute(
         "WITH invoice AS (INSERT INTO invoices (id, number, customer_id, order_id, shipment_id, currency, lines,"
         " tax_rate_bps, subtotal_minor, tax_minor, total_minor, paid_minor, credit_applied_minor, credited_minor,"
         " balance_minor, status, dunning_level, issued_at, due_at, closed_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20))"
-        f" {outbox.insert_sql(21)}",
-        invoice.id,
-        invoice.number,
-        invoice.customer_id,
-        invoice.order_id,
-        invoice.shipment_id,
-        invoice.currency,
-        [line.model_dump(mode="json") for line in invoice.lines],
-        invoice.tax_rate_bps,
-        invoice.subtotal_minor,
-        invoice.tax_minor,
-        invoice.total_minor,
-        invoice.paid_minor,
-        invoice.credit_applied_minor,
-        invoice.credited_minor,
-        invoice.balance_minor,
-        invoice.status,
-        invoice.dunning_level,
-        invoice.issued_at,
-        invoice.due_at,
-        invoice.closed_at,
+        " SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(id uuid, number text, customer_id text, order_id text,"
+        " shipment_id text, currency text, lines jsonb, tax_rate_bps integer, subtotal_minor bigint, tax_minor bigint,"
+        " total_minor bigint, paid_minor bigint, credit_applied_minor bigint, credited_minor bigint,"
+        " balance_minor bigint, status text, dunning_level smallint, issued_at timestamptz, due_at timestamptz,"
+        " closed_at timestamptz))"
+        f" {outbox.insert_sql(2)}",
+        rows,
         *published,
     )
     db.wrote_outbox(conn)
