@@ -46,6 +46,12 @@ _MIN_CYCLE_S = 0.05
 
 log = structlog.get_logger("outbox")
 
+# A statement failed, or the connection can no longer be used. asyncpg raises InternalClientError ("cannot switch to
+# state 12; another operation (2) is in progress") for a statement sent on a connection whose server ended it while it
+# was idle (PostgreSQL restarting, pg_terminate_backend): the server's unsolicited FATAL error puts the protocol in
+# its error-consuming state, and a statement sent before the end of the socket is read meets that state.
+_DB_FAILURES = (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+
 OLDEST_UNSENT = Gauge("outbox_oldest_unsent_age_seconds", "Age of the oldest outbox row not yet published")
 LANES_HELD = Gauge("outbox_relay_lanes", "Outbox lanes this process relays now")
 PUBLISHED = Counter("outbox_published_total", "Outbox rows published to Kafka")
@@ -181,7 +187,7 @@ class Relay:
                         await self._cycle()
                     backoff = 0.2
                     continue
-                except (TimeoutError, KafkaError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except (KafkaError, *_DB_FAILURES) as exc:
                     RELAY_ERRORS.inc()
                     stuck = bound.expired()
                     log.warning("relay_retry", error=repr(exc), stuck=stuck, backoff_s=round(backoff, 2))
@@ -218,7 +224,7 @@ class Relay:
                 if conn is not None:
                     conn.terminate()
                 raise
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except _DB_FAILURES:
                 conn = None  # the other relays poll meanwhile
             await asyncio.sleep(0.005)
 
@@ -238,7 +244,7 @@ class Relay:
                 if conn is not None:
                     conn.terminate()
                 raise
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except _DB_FAILURES:
                 conn = None
             await asyncio.sleep(1.0)
 
@@ -249,7 +255,7 @@ class Relay:
                 await self._drop_ahead()
                 await self._settle(0)
                 await self._mark_sent()
-        except (TimeoutError, KafkaError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except (KafkaError, *_DB_FAILURES):
             pass  # unmarked rows are published again by the next relay; consumers skip them
         await self._reset(kafka=True)
 
@@ -287,7 +293,7 @@ class Relay:
     async def _reset(self, *, kafka: bool, database: bool = False) -> None:
         try:
             await self._drop_ahead()
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except _DB_FAILURES:
             pass  # its connection is closed: the next cycle connects again
         while self._in_flight:  # not known to be acknowledged: never marked, published again later
             _, acks = self._in_flight.popleft()
@@ -307,7 +313,7 @@ class Relay:
             self.lanes.clear()
             try:
                 await asyncio.wait_for(conn.close(), 5)
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except _DB_FAILURES:
                 conn.terminate()
 
     async def _cycle(self) -> None:

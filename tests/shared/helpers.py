@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
@@ -54,3 +55,11 @@ def by_key(records: list[Any]) -> dict[str, list[int]]:
 
 def ce_ids(records: list[Any]) -> list[str]:
     return [header_map(r.headers)["ce_id"] for r in records]
+
+
+def fatal_admin_shutdown() -> bytes:
+    """The ErrorResponse message PostgreSQL sends on a connection it ends (SQLSTATE 57P01): fed to an asyncpg
+    connection's protocol, it puts it where a restart of the server puts an idle connection."""
+    fields = (b"SFATAL", b"VFATAL", b"C57P01", b"Mterminating connection due to administrator command")
+    body = b"".join(field + b"\0" for field in fields) + b"\0"
+    return b"E" + struct.pack("!i", len(body) + 4) + body

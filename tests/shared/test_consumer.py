@@ -15,6 +15,7 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError
+from structlog.testing import capture_logs
 
 from backoffice.consumer import Batched, Consumer, Handler
 from backoffice.db import create_pool
@@ -24,7 +25,7 @@ from backoffice.events import Event, Line, OrderConfirmed, OrderShipped
 from backoffice.settings import ServiceSettings
 from devstack.postgres import PostgresServer
 from tests.conftest import BOOTSTRAP, create_topics, eventually, free_port, produce, read_topic
-from tests.shared.helpers import messaging_db
+from tests.shared.helpers import fatal_admin_shutdown, messaging_db
 
 EFFECTS = "CREATE TABLE IF NOT EXISTS effects (event_id uuid NOT NULL, key text NOT NULL, n int NOT NULL)"
 
@@ -363,6 +364,34 @@ class TestTransientFailures:
         assert await count(dsn, "SELECT count(DISTINCT event_id) FROM effects") == 25
         dead = await read_topic(f"{group}.dlq", until=lambda rs: False, timeout=3)
         assert dead == []
+
+    async def test_a_connection_the_server_ended_while_idle_is_retried_not_dead_lettered(
+        self, channel: tuple[str, str], make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
+        """asyncpg's InternalClientError on a connection PostgreSQL ended (see `fatal_admin_shutdown`; it is what
+        stopped the outbox relay once): here it ends the handler's transaction, whose exit then finds the connection
+        closed, a transient failure. The batch is read again on another connection (the consumer is not rebuilt and
+        its group not rejoined), and however often it happens, nothing is dead-lettered."""
+        topic, group = channel
+        dsn = await _db(await make_database("consumer_ended_idle"))
+        ends = [10]  # far more than the attempts an unexpected failure gets before its record is dead-lettered
+
+        async def on_an_ended_connection(conn: asyncpg.Connection, envelope: Envelope) -> None:
+            if ends[0]:
+                ends[0] -= 1
+                conn._con._protocol.data_received(fatal_admin_shutdown())  # type: ignore[attr-defined]
+            await record_effect(conn, envelope)
+
+        await produce(topic, [good("ended", i) for i in range(5)])
+        with capture_logs() as logs:
+            async with consuming(dsn, group=group, topic=topic, handlers={OrderConfirmed: on_an_ended_connection}):
+                await eventually(lambda: _effects_at_least(dsn, 5), timeout=60)
+                await asyncio.sleep(1)
+        assert ends == [0]
+        assert [entry for entry in logs if entry["event"] == "batch_retry"]
+        assert not [entry for entry in logs if entry["event"] in ("consumer_restart", "handler_failed")]
+        assert await count(dsn, "SELECT count(DISTINCT event_id) FROM effects") == await count(dsn) == 5
+        assert await read_topic(f"{group}.dlq", until=lambda rs: False, timeout=3) == []
 
 
 async def _inbox_at_least(dsn: str, n: int) -> bool:

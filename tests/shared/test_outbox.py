@@ -9,6 +9,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from backoffice import db, outbox
 from backoffice.envelope import header_map
@@ -16,7 +17,7 @@ from backoffice.settings import ServiceSettings
 from backoffice.topics import ensure_topics, events_topic
 from devstack.kafka import KafkaBroker
 from tests.conftest import BOOTSTRAP, free_port, read_topic
-from tests.shared.helpers import append_numbered, by_key, ce_ids, messaging_db, numbered
+from tests.shared.helpers import append_numbered, by_key, ce_ids, fatal_admin_shutdown, messaging_db, numbered
 
 
 async def _sent(dsn: str) -> int:
@@ -151,6 +152,46 @@ class TestNeverStops:
                 await task
             await relay.stop()
         assert not broken, "the failure was never met"
+        seqs = by_key([r for r in records if r.key.decode() in keys])
+        assert {k: seqs[k] for k in keys} == {k: list(range(20)) for k in keys}
+        assert await _sent(dsn) == len(ids)
+
+    async def test_a_connection_the_server_ended_while_idle_is_a_retry_not_a_failure(
+        self, topics: str, make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
+        """What asyncpg reads when PostgreSQL ends an idle connection (a restart, pg_terminate_backend): its FATAL
+        error, unasked for, leaves the protocol consuming an error, and the next statement raises InternalClientError
+        ("another operation (2) is in progress"). That is a lost connection, retried on a new one, not a failure."""
+        dsn = await messaging_db(await make_database("outbox_ended_idle"))
+        keys = [f"ended-key-{i}" for i in range(3)]
+        ids = await append_numbered(dsn, keys=keys, per_key=20)
+        relay = outbox.Relay(dsn=dsn, bootstrap=BOOTSTRAP, topic_prefix=topics, batch_size=10, poll_interval=0.2)
+        real = relay.publish_batch
+        ended: list[int] = []
+
+        async def first_finds_it_ended() -> int:
+            if not ended:
+                assert relay._conn is not None
+                ended.append(relay._conn.get_server_pid())
+                relay._conn._protocol.data_received(fatal_admin_shutdown())  # type: ignore[attr-defined]
+            return await real()
+
+        relay.publish_batch = first_finds_it_ended  # type: ignore[method-assign]
+        with capture_logs() as logs:
+            task = asyncio.create_task(relay.run())
+            try:
+                records = await read_topic(
+                    events_topic("orders", prefix=topics), until=lambda rs: set(ids) <= set(ce_ids(rs))
+                )
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                await relay.stop()
+        assert ended, "the ended connection was never met"
+        retries = [entry for entry in logs if entry["event"] == "relay_retry"]
+        assert retries and "InternalClientError" in retries[0]["error"]
+        assert not [entry for entry in logs if entry["event"] == "relay_failed"]
         seqs = by_key([r for r in records if r.key.decode() in keys])
         assert {k: seqs[k] for k in keys} == {k: list(range(20)) for k in keys}
         assert await _sent(dsn) == len(ids)
