@@ -15,9 +15,8 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError
-from structlog.testing import capture_logs
 
-from backoffice.consumer import Batched, Consumer, Handler
+from backoffice.consumer import RETRIES, Batched, Consumer, Handler
 from backoffice.db import create_pool
 from backoffice.envelope import Envelope, encode, header_map
 from backoffice.errors import NotFound
@@ -375,21 +374,25 @@ class TestTransientFailures:
         topic, group = channel
         dsn = await _db(await make_database("consumer_ended_idle"))
         ends = [10]  # far more than the attempts an unexpected failure gets before its record is dead-lettered
+        clients: list[object] = []  # the Kafka client of the consumer at each call
 
         async def on_an_ended_connection(conn: asyncpg.Connection, envelope: Envelope) -> None:
+            clients.append(running._consumer)
             if ends[0]:
                 ends[0] -= 1
                 conn._con._protocol.data_received(fatal_admin_shutdown())  # type: ignore[attr-defined]
             await record_effect(conn, envelope)
 
         await produce(topic, [good("ended", i) for i in range(5)])
-        with capture_logs() as logs:
-            async with consuming(dsn, group=group, topic=topic, handlers={OrderConfirmed: on_an_ended_connection}):
-                await eventually(lambda: _effects_at_least(dsn, 5), timeout=60)
-                await asyncio.sleep(1)
+        retried = RETRIES.labels(group)._value.get()  # type: ignore[attr-defined]
+        async with consuming(
+            dsn, group=group, topic=topic, handlers={OrderConfirmed: on_an_ended_connection}
+        ) as running:
+            await eventually(lambda: _effects_at_least(dsn, 5), timeout=60)
+            await asyncio.sleep(1)
         assert ends == [0]
-        assert [entry for entry in logs if entry["event"] == "batch_retry"]
-        assert not [entry for entry in logs if entry["event"] in ("consumer_restart", "handler_failed")]
+        assert RETRIES.labels(group)._value.get() - retried >= 10  # type: ignore[attr-defined]
+        assert {id(client) for client in clients} == {id(clients[0])}  # never rebuilt, its group never rejoined
         assert await count(dsn, "SELECT count(DISTINCT event_id) FROM effects") == await count(dsn) == 5
         assert await read_topic(f"{group}.dlq", until=lambda rs: False, timeout=3) == []
 
