@@ -78,6 +78,7 @@ TRANSIENT = (
     asyncpg.CrashShutdownError,
 )
 _UNEXPECTED_ATTEMPTS = 3
+_GATHER_BYTES = 1 << 20
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -144,6 +145,7 @@ class Consumer:
         batch_size: int = 500,
         producer: AIOKafkaProducer | None = None,
         commit_interval: float = 0.5,
+        gather_ms: int = 0,
     ) -> None:
         self.group = group
         self.topics = topics
@@ -156,6 +158,7 @@ class Consumer:
         self._consumer: AIOKafkaConsumer | None = None
         self._failures: dict[tuple[str, int, int], int] = {}
         self.commit_interval = commit_interval
+        self.gather_ms = gather_ms
         self._uncommitted: dict[TopicPartition, int] = {}  # next offset per partition, applied but not committed
         self._committed_at = time.monotonic()
         self.running = False
@@ -195,6 +198,10 @@ class Consumer:
             auto_offset_reset="earliest",
             max_poll_records=self.batch_size,
             isolation_level="read_committed",
+            # Gathering: the broker holds each fetch up to `gather_ms` (or until a whole burst is in) instead of
+            # answering at the first event; else it answers at once (it holds an empty fetch for 500 ms).
+            fetch_max_wait_ms=self.gather_ms or 500,
+            fetch_min_bytes=_GATHER_BYTES if self.gather_ms else 1,
         )
         consumer.subscribe(self.topics, listener=_CommitOnRevoke(self))
         try:

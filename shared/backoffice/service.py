@@ -120,6 +120,7 @@ def _lifespan(spec: ServiceSpec) -> Callable[[FastAPI], Any]:
                 handlers=spec.handlers,
                 batch_size=settings.consumer_batch_size,
                 commit_interval=settings.consumer_commit_interval_s,
+                gather_ms=settings.consumer_gather_ms,
             )
             app.state.consumer = consumer
             tasks.append(asyncio.create_task(consumer.run(), name="consumer"))

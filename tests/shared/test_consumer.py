@@ -242,6 +242,53 @@ async def _committed_at_least(group: str, n: int) -> bool:
     return await committed(group) >= n
 
 
+class TestGathering:
+    async def test_a_gathering_consumer_applies_a_trickle_in_few_transactions(
+        self, channel: tuple[str, str], make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
+        """With `gather_ms`, the broker holds a fetch until that long has passed: events produced one at a time over
+        0.3 s are applied together, in one or two transactions, and each once."""
+        topic, group = channel
+        dsn = await _db(await make_database("consumer_gathering"))
+        pool = await create_pool(ServiceSettings(database_url=dsn, db_pool_min=1, db_pool_max=2))
+        consumer = Consumer(
+            group=group,
+            topics=[topic],
+            pool=pool,
+            bootstrap=BOOTSTRAP,
+            handlers={OrderConfirmed: record_effect},
+            gather_ms=1500,
+        )
+        task = asyncio.create_task(consumer.run())
+        try:
+            await eventually(lambda: _assigned(consumer))
+            for i in range(10):
+                await produce(topic, [good("trickle", i)])
+                await asyncio.sleep(0.03)
+            await eventually(lambda: _effects_at_least(dsn, 10), timeout=30)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await consumer.stop()
+            await pool.close()
+        assert await count(dsn, "SELECT count(DISTINCT event_id) FROM effects") == await count(dsn) == 10
+        assert await count(dsn, "SELECT count(DISTINCT received_at) FROM inbox") <= 2
+
+    def test_only_consumers_off_the_order_to_ledger_path_gather(self) -> None:
+        from billing.settings import Settings as Billing
+        from ledger.settings import Settings as Ledger
+        from orders.settings import Settings as Orders
+        from support.settings import Settings as Support
+
+        assert [s().consumer_gather_ms for s in (Billing, Ledger)] == [0, 0]
+        assert [s().consumer_gather_ms for s in (Orders, Support)] == [200, 200]
+
+
+async def _assigned(consumer: Consumer) -> bool:
+    return consumer._consumer is not None and bool(consumer._consumer.assignment())
+
+
 class TestBatchedHandlers:
     """A `Batched` handler takes each run of consecutive fresh events in one call, in record order; a refused event
     in a run is dead-lettered alone."""

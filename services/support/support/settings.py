@@ -33,6 +33,9 @@ class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="SUPPORT_", extra="ignore", frozen=True, populate_by_name=True)
 
     service_name: str = "support"
+    # Its consumer gathers events for up to 200 ms a fetch: its timelines and customer links are read by people,
+    # and none of it is on the way from an order to its journal entry.
+    consumer_gather_ms: int = Field(200, ge=0, le=5000)
     port: int = 8002
     database_url: str = Field(
         "postgresql://postgres@127.0.0.1:55432/support",
