@@ -141,9 +141,17 @@ class Relay:
     CYCLE_TIMEOUT_S = 120.0  # far above any cycle's own bounds (a poll interval, 30 s for acks, 10 s for a fetch)
 
     def __init__(
-        self, *, dsn: str, bootstrap: str, topic_prefix: str = "", batch_size: int = 500, poll_interval: float = 1.0
+        self,
+        *,
+        dsn: str,
+        bootstrap: str,
+        topic_prefix: str = "",
+        batch_size: int = 500,
+        poll_interval: float = 1.0,
+        min_cycle: float = _MIN_CYCLE_S,
     ) -> None:
         self.topic_prefix = topic_prefix
+        self.min_cycle = min_cycle
         self.dsn = dsn
         self.bootstrap = bootstrap
         self.batch_size = batch_size
@@ -335,7 +343,7 @@ class Relay:
                 return
             # Under a steady trickle of writes, gather a few rows per batch rather than one per wake-up; a write
             # after a quiet spell is published at once.
-            rest = started + _MIN_CYCLE_S - time.monotonic()
+            rest = started + self.min_cycle - time.monotonic()
             if rest > 0:
                 await asyncio.sleep(rest)
 

@@ -108,6 +108,7 @@ def _lifespan(spec: ServiceSpec) -> Callable[[FastAPI], Any]:
             topic_prefix=settings.topic_prefix,
             batch_size=settings.outbox_batch_size,
             poll_interval=settings.outbox_poll_interval_s,
+            min_cycle=settings.outbox_min_cycle_ms / 1000,
         )
         app.state.relay = relay
         tasks = [asyncio.create_task(relay.run(), name="outbox-relay")]

@@ -35,6 +35,9 @@ class ServiceSettings(BaseSettings):
     consumer_gather_ms: int = Field(0, ge=0, le=5000)
     outbox_batch_size: int = 500
     outbox_poll_interval_s: float = 1.0
+    # Under a steady trickle of writes, the relay publishes at most once per this many ms (a write after a quiet
+    # spell goes at once): each publication is a produce request, and a fetch and a transaction in every consumer.
+    outbox_min_cycle_ms: int = Field(50, ge=0, le=5000)
     job_interval_s: float = 60.0
     readiness_timeout_s: float = 2.0
 

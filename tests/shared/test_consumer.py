@@ -275,7 +275,7 @@ class TestGathering:
         assert await count(dsn, "SELECT count(DISTINCT event_id) FROM effects") == await count(dsn) == 10
         assert await count(dsn, "SELECT count(DISTINCT received_at) FROM inbox") <= 2
 
-    def test_only_consumers_off_the_order_to_ledger_path_gather(self) -> None:
+    def test_only_consumers_and_relays_off_the_order_to_ledger_path_gather(self) -> None:
         from billing.settings import Settings as Billing
         from ledger.settings import Settings as Ledger
         from orders.settings import Settings as Orders
@@ -283,6 +283,8 @@ class TestGathering:
 
         assert [s().consumer_gather_ms for s in (Billing, Ledger)] == [0, 0]
         assert [s().consumer_gather_ms for s in (Orders, Support)] == [200, 200]
+        # and the relays of orders and billing, on that path, publish within 50 ms; ledger's and support's gather
+        assert [s().outbox_min_cycle_ms for s in (Orders, Billing, Ledger, Support)] == [50, 50, 250, 250]
 
 
 async def _assigned(consumer: Consumer) -> bool:

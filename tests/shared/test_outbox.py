@@ -15,7 +15,7 @@ from backoffice.envelope import header_map
 from backoffice.settings import ServiceSettings
 from backoffice.topics import ensure_topics, events_topic
 from devstack.kafka import KafkaBroker
-from tests.conftest import BOOTSTRAP, free_port, read_topic
+from tests.conftest import BOOTSTRAP, eventually, free_port, read_topic
 from tests.shared.helpers import append_numbered, by_key, ce_ids, fatal_admin_shutdown, messaging_db, numbered
 
 
@@ -114,6 +114,48 @@ class TestOrderAndRecovery:
         assert len(ce_ids(mine)) == len(set(ce_ids(mine))) == len(ids)
         seqs = by_key(mine)
         assert {k: seqs[k] for k in keys} == {k: list(range(30)) for k in keys}
+
+
+class TestPacing:
+    async def test_a_trickle_is_published_at_most_once_per_min_cycle(
+        self, topics: str, make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
+        """Rows written one at a time, each waking the relay, are published together once `min_cycle` has passed
+        since the last publication (the first, after a quiet spell, at once): two publications (marks) for eight
+        rows."""
+        dsn = await messaging_db(await make_database("outbox_pacing"))
+        relay = outbox.Relay(
+            dsn=dsn, bootstrap=BOOTSTRAP, topic_prefix=topics, batch_size=100, poll_interval=5.0, min_cycle=1.0
+        )
+        task = asyncio.create_task(relay.run())
+        ids: list[str] = []
+        try:
+            await eventually(lambda: _holds_lanes(relay))
+            await asyncio.sleep(1.2)  # a quiet spell longer than min_cycle
+            for n in range(8):
+                ids += await append_numbered(dsn, keys=["paced"], per_key=1, start=n)
+                relay._written()  # what releasing a pool connection that wrote outbox rows does
+                await asyncio.sleep(0.05)
+            await eventually(lambda: _sent_at_least(dsn, 8), timeout=20)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await relay.stop()
+        conn = await asyncpg.connect(dsn)
+        try:
+            marks = await conn.fetchval("SELECT count(DISTINCT sent_at) FROM outbox WHERE sent_at IS NOT NULL")
+        finally:
+            await conn.close()
+        assert len(ids) == 8 and marks == 2
+
+
+async def _holds_lanes(relay: outbox.Relay) -> bool:
+    return bool(relay.lanes)
+
+
+async def _sent_at_least(dsn: str, n: int) -> bool:
+    return await _sent(dsn) >= n
 
 
 class TestNeverStops:

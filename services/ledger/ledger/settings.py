@@ -12,6 +12,9 @@ class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="LEDGER_", extra="ignore", frozen=True, populate_by_name=True)
 
     service_name: str = "ledger"
+    # Its relay publishes at most every 250 ms under a trickle: JournalEntryPosted ends the chain, no service here
+    # waits for it, and each publication costs a produce request.
+    outbox_min_cycle_ms: int = Field(250, ge=0, le=5000)
     port: int = 8004
     database_url: str = Field(
         "postgresql://postgres@127.0.0.1:55432/ledger",

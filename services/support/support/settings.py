@@ -36,6 +36,9 @@ class Settings(ServiceSettings):
     # Its consumer gathers events for up to 200 ms a fetch: its timelines and customer links are read by people,
     # and none of it is on the way from an order to its journal entry.
     consumer_gather_ms: int = Field(200, ge=0, le=5000)
+    # Its relay publishes at most every 250 ms under a trickle: nothing waits on support's events (disputes pause
+    # dunning, which runs on a timer).
+    outbox_min_cycle_ms: int = Field(250, ge=0, le=5000)
     port: int = 8002
     database_url: str = Field(
         "postgresql://postgres@127.0.0.1:55432/support",
