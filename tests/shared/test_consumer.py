@@ -262,9 +262,15 @@ class TestGathering:
         task = asyncio.create_task(consumer.run())
         try:
             await eventually(lambda: _assigned(consumer))
-            for i in range(10):
-                await produce(topic, [good("trickle", i)])
-                await asyncio.sleep(0.03)
+            producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, enable_idempotence=True)
+            await producer.start()
+            try:
+                for i in range(10):
+                    key, value, headers = good("trickle", i)
+                    await producer.send_and_wait(topic, value=value, key=key, headers=headers)
+                    await asyncio.sleep(0.03)
+            finally:
+                await producer.stop()
             await eventually(lambda: _effects_at_least(dsn, 10), timeout=30)
         finally:
             task.cancel()

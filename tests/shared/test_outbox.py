@@ -125,13 +125,13 @@ class TestPacing:
         rows."""
         dsn = await messaging_db(await make_database("outbox_pacing"))
         relay = outbox.Relay(
-            dsn=dsn, bootstrap=BOOTSTRAP, topic_prefix=topics, batch_size=100, poll_interval=5.0, min_cycle=1.0
+            dsn=dsn, bootstrap=BOOTSTRAP, topic_prefix=topics, batch_size=100, poll_interval=5.0, min_cycle=2.0
         )
         task = asyncio.create_task(relay.run())
         ids: list[str] = []
         try:
             await eventually(lambda: _holds_lanes(relay))
-            await asyncio.sleep(1.2)  # a quiet spell longer than min_cycle
+            await asyncio.sleep(2.2)  # a quiet spell longer than min_cycle
             for n in range(8):
                 ids += await append_numbered(dsn, keys=["paced"], per_key=1, start=n)
                 relay._written()  # what releasing a pool connection that wrote outbox rows does
