@@ -64,6 +64,7 @@ async def consuming(
     batch_size: int = 100,
     commit_interval: float = 0.5,
     handlers: Mapping[type[Event], Handler] | None = None,
+    gather_ms: int = 0,
 ) -> AsyncIterator[Consumer]:
     pool = await create_pool(ServiceSettings(database_url=dsn, db_pool_min=1, db_pool_max=4))
     consumer = Consumer(
@@ -74,6 +75,7 @@ async def consuming(
         batch_size=batch_size,
         handlers=handlers or {OrderConfirmed: record_effect},
         commit_interval=commit_interval,
+        gather_ms=gather_ms,
     )
     task = asyncio.create_task(consumer.run())
     try:
@@ -250,17 +252,7 @@ class TestGathering:
         0.3 s are applied together, in one or two transactions, and each once."""
         topic, group = channel
         dsn = await _db(await make_database("consumer_gathering"))
-        pool = await create_pool(ServiceSettings(database_url=dsn, db_pool_min=1, db_pool_max=2))
-        consumer = Consumer(
-            group=group,
-            topics=[topic],
-            pool=pool,
-            bootstrap=BOOTSTRAP,
-            handlers={OrderConfirmed: record_effect},
-            gather_ms=1500,
-        )
-        task = asyncio.create_task(consumer.run())
-        try:
+        async with consuming(dsn, group=group, topic=topic, gather_ms=1500) as consumer:
             await eventually(lambda: _assigned(consumer))
             producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, enable_idempotence=True)
             await producer.start()
@@ -272,12 +264,6 @@ class TestGathering:
             finally:
                 await producer.stop()
             await eventually(lambda: _effects_at_least(dsn, 10), timeout=30)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await consumer.stop()
-            await pool.close()
         assert await count(dsn, "SELECT count(DISTINCT event_id) FROM effects") == await count(dsn) == 10
         assert await count(dsn, "SELECT count(DISTINCT received_at) FROM inbox") <= 2
 

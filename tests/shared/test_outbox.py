@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -158,6 +159,18 @@ async def _sent_at_least(dsn: str, n: int) -> bool:
     return await _sent(dsn) >= n
 
 
+async def _relay_until_read(relay: outbox.Relay, topics: str, ids: list[str]) -> list[Any]:
+    """Run `relay` until every event of `ids` is on the orders topic, then stop it; the records read."""
+    task = asyncio.create_task(relay.run())
+    try:
+        return await read_topic(events_topic("orders", prefix=topics), until=lambda rs: set(ids) <= set(ce_ids(rs)))
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await relay.stop()
+
+
 class TestNeverStops:
     """A relay that fails in a way nobody foresaw, or hangs, goes on publishing: a stopped relay would leave every
     later row unsent while the service still answers."""
@@ -182,16 +195,7 @@ class TestNeverStops:
             return await real()
 
         relay.publish_batch = first_fails  # type: ignore[method-assign]
-        task = asyncio.create_task(relay.run())
-        try:
-            records = await read_topic(
-                events_topic("orders", prefix=topics), until=lambda rs: set(ids) <= set(ce_ids(rs))
-            )
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await relay.stop()
+        records = await _relay_until_read(relay, topics, ids)
         assert not broken, "the failure was never met"
         seqs = by_key([r for r in records if r.key.decode() in keys])
         assert {k: seqs[k] for k in keys} == {k: list(range(20)) for k in keys}
@@ -221,16 +225,7 @@ class TestNeverStops:
             return await real()
 
         relay.publish_batch = first_finds_it_ended  # type: ignore[method-assign]
-        task = asyncio.create_task(relay.run())
-        try:
-            records = await read_topic(
-                events_topic("orders", prefix=topics), until=lambda rs: set(ids) <= set(ce_ids(rs))
-            )
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await relay.stop()
+        records = await _relay_until_read(relay, topics, ids)
         assert ended, "the ended connection was never met"
         assert {pid for pid, _ in seen[1:]} and ended[0] not in {pid for pid, _ in seen[1:]}  # a new connection
         assert {id(producer) for _, producer in seen} == {id(seen[0][1])}  # one producer throughout

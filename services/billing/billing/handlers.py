@@ -49,7 +49,7 @@ async def invoice_shipments(
         conn, shipments=[(s.shipment_id, s.customer_id, s.currency) for s in distinct.values()], year=at.year
     )
     credit = dict(started.credit)
-    made: dict[int, domain.Invoice] = {}
+    made: list[domain.Invoice | None] = [None] * len(shipments)
     written: list[tuple[domain.Invoice, list[events.Event]]] = []
     for n, shipped in enumerate(shipments):
         number = started.numbers.pop(shipped.shipment_id, None)
@@ -80,7 +80,7 @@ async def invoice_shipments(
             used = invoice.credit_applied_minor
             await store.add_credit(conn, customer_id=invoice.customer_id, currency=invoice.currency, delta_minor=-used)
             await store.add_settlements(conn, rows=[(invoice.id, "credit", None, used, at)])
-    return [made.get(n) for n in range(len(shipments))]
+    return made
 
 
 async def credit_return(conn: Conn, returned: events.OrderReturned, *, at: datetime) -> domain.CreditNote | None:
