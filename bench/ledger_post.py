@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -167,15 +168,15 @@ class LedgerBench:
             await conn.close()
         return cls(stack, dsn)
 
-    async def _run(self, items: Sequence[object], apply: Callable[[Conn, object], Awaitable[None]]) -> Timed:
+    async def _run(self, items: Sequence[Any], apply: Callable[[Conn, Sequence[Any]], Awaitable[None]]) -> Timed:
+        """`items` in transactions of BATCH, each applied by one call of `apply` (as a consumer's poll is)."""
         pool = await db.create_pool(ServiceSettings(database_url=self.dsn, db_pool_max=WORKERS, db_pool_min=WORKERS))
         chunks = iter([items[i : i + BATCH] for i in range(0, len(items), BATCH)])
 
         async def worker() -> None:
             for chunk in chunks:
                 async with pool.acquire() as conn, conn.transaction():
-                    for item in chunk:
-                        await apply(conn, item)
+                    await apply(conn, chunk)
 
         try:
             meter = CpuMeter(self.stack.processes())
@@ -186,9 +187,8 @@ class LedgerBench:
             await pool.close()
 
     async def ours(self, count: int, *, hot: bool = False) -> Timed:
-        async def post(conn: Conn, envelope: object) -> None:
-            assert isinstance(envelope, Envelope)
-            await handlers.on_billing_event(conn, envelope)
+        async def post(conn: Conn, run: Sequence[Envelope]) -> None:
+            await handlers.on_billing_events(conn, list(run))  # the run of a poll, as the consumer hands it over
 
         return await self._run(envelopes(count, hot=hot), post)
 
@@ -201,8 +201,8 @@ class LedgerBench:
                 domain.post(draft, entry_id=uuid.uuid4(), posted_at=events.now(), source_event_id=uuid.UUID(env.id))
             )
 
-        async def insert(conn: Conn, entry: object) -> None:
-            assert isinstance(entry, domain.Entry)
-            await _bare_insert(conn, entry)
+        async def insert(conn: Conn, run: Sequence[domain.Entry]) -> None:
+            for entry in run:
+                await _bare_insert(conn, entry)
 
         return await self._run(entries, insert)

@@ -210,6 +210,87 @@ class TestStore:
             assert await conn.fetchval("SELECT count(*) FROM journal_entries WHERE id = $1", bad.id) == 0
             assert await conn.fetchval("SELECT count(*) FROM outbox WHERE key = $1", str(bad.id)) == 0
 
+    async def test_post_entries_posts_a_run_in_order_and_skips_sources_posted_before_or_earlier_in_the_run(
+        self, conn: asyncpg.Connection
+    ) -> None:
+        """One call for the run, the same outcome as one call per entry: each entry with its lines (numbered from
+        1 in the order given) and its announcement, the announcements in run order; an entry whose source was
+        posted before, or earlier in the run, writes nothing."""
+        before, first_source, later_source = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+
+        def entry(source: uuid.UUID, amount: int, party: str) -> domain.Entry:
+            return domain.Entry(
+                id=uuid.uuid4(),
+                currency="EUR",
+                lines=(
+                    domain.Line("1100", debit_minor=amount, party=party),
+                    domain.Line("4000", credit_minor=amount - 1),
+                    domain.Line("2100", credit_minor=1),
+                ),
+                effective_at=T0,
+                posted_at=now(),
+                source_type="InvoiceIssued",
+                source_event_id=source,
+            )
+
+        party = uid("c-")
+        async with conn.transaction():
+            assert await store.post_entries(conn, entries=[entry(before, 10, party)]) == [True]
+        run = [entry(first_source, 100, party), entry(before, 20, party), entry(first_source, 30, party)]
+        run.append(entry(later_source, 40, party))
+        async with conn.transaction():
+            assert await store.post_entries(conn, entries=run) == [True, False, False, True]
+        posted = [run[0], run[3]]
+        for e, amount in zip(posted, (100, 40), strict=True):
+            lines = await conn.fetch(
+                "SELECT line_no, account, debit_minor, credit_minor, party FROM journal_lines WHERE entry_id = $1"
+                " ORDER BY line_no",
+                e.id,
+            )
+            assert [tuple(r) for r in lines] == [
+                (1, "1100", amount, 0, party),
+                (2, "4000", 0, amount - 1, None),
+                (3, "2100", 0, 1, None),
+            ]
+        for skipped in (run[1], run[2]):
+            assert await conn.fetchval("SELECT count(*) FROM journal_entries WHERE id = $1", skipped.id) == 0
+        announced = await conn.fetch(
+            "SELECT key, payload FROM outbox WHERE key = ANY($1::text[]) ORDER BY seq", [str(e.id) for e in run]
+        )
+        assert [r["key"] for r in announced] == [str(e.id) for e in posted]
+        assert [orjson.loads(r["payload"])["source_event_id"] for r in announced] == [
+            str(first_source),
+            str(later_source),
+        ]
+
+    async def test_post_entries_fails_as_a_whole_when_one_entry_of_the_run_does_not_balance(
+        self, conn: asyncpg.Connection
+    ) -> None:
+        """The balance checks run on the call: a run with a broken entry fails there (the consumer then redoes the
+        run one event at a time and dead-letters that one), and the savepoint keeps nothing of the run."""
+
+        def entry(debit: int, credit: int) -> domain.Entry:
+            return domain.Entry(
+                id=uuid.uuid4(),
+                currency="EUR",
+                lines=(domain.Line("1000", debit_minor=debit), domain.Line("4000", credit_minor=credit)),
+                effective_at=T0,
+                posted_at=now(),
+                source_type="manual",
+            )
+
+        good, bad = entry(10, 10), entry(10, 9)
+        async with conn.transaction():
+            with pytest.raises(asyncpg.CheckViolationError):
+                async with conn.transaction():
+                    await store.post_entries(conn, entries=[good, bad])
+            ids = [good.id, bad.id]
+            assert await conn.fetchval("SELECT count(*) FROM journal_entries WHERE id = ANY($1::uuid[])", ids) == 0
+            assert (
+                await conn.fetchval("SELECT count(*) FROM outbox WHERE key = ANY($1::text[])", [str(i) for i in ids])
+                == 0
+            )
+
     async def test_balance_as_of_uses_effective_time(self, conn: asyncpg.Connection) -> None:
         account = uid("A")
         await store.insert_account(conn, account=domain.Account(account, "test", "asset"))

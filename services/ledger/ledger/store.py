@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import asyncpg
+import orjson
 
 from backoffice import db, outbox
 from backoffice.db import Conn
@@ -86,35 +87,51 @@ async def insert_account(conn: Conn, *, account: Account) -> bool:
 
 
 async def post_entry(conn: Conn, *, entry: Entry) -> bool:
-    """Write an entry, its lines and the `JournalEntryPosted` announcing it, in one round trip (`post_entry`,
-    migration 0004); False, and nothing written, when its source event was posted already.
+    """Write an entry, its lines and the `JournalEntryPosted` announcing it (`post_entries` of one); False, and
+    nothing written, when its source event was posted already."""
+    (posted,) = await post_entries(conn, entries=[entry])
+    return posted
 
-    The deferred balance check is fired on this call too, so a broken entry fails here, not at commit.
+
+async def post_entries(conn: Conn, *, entries: Sequence[Entry]) -> list[bool]:
+    """Write entries, their lines and the `JournalEntryPosted` announcing each, in order, in one round trip
+    (`post_entries`, migration 0005): for each, whether it was posted (False, and nothing written, when its source
+    event was posted already, before or earlier in `entries`).
+
+    The deferred balance checks are fired on this call too, so a broken entry fails here, not at commit.
     """
-    envelope = Envelope.wrap(domain.posted_event(entry))
-    posted = await conn.fetchval(
-        "SELECT post_entry($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,"
-        " $20, $21)",
-        entry.id,
-        entry.currency,
-        entry.memo,
-        entry.source_type,
-        entry.source_event_id,
-        entry.reverses_entry_id,
-        entry.effective_at,
-        entry.posted_at,
-        len(entry.lines),
-        entry.total_minor,
-        list(range(1, len(entry.lines) + 1)),
-        [line.account for line in entry.lines],
-        [line.debit_minor for line in entry.lines],
-        [line.credit_minor for line in entry.lines],
-        [line.party for line in entry.lines],
-        *outbox.row_of(envelope),
+    documents, payloads = [], []
+    for entry in entries:
+        event, payload = outbox.document_of(Envelope.wrap(domain.posted_event(entry)))
+        documents.append(
+            {
+                "id": entry.id,
+                "currency": entry.currency,
+                "memo": entry.memo,
+                "source_type": entry.source_type,
+                "source_event_id": entry.source_event_id,
+                "reverses_entry_id": entry.reverses_entry_id,
+                "effective_at": entry.effective_at,
+                "posted_at": entry.posted_at,
+                "total_minor": entry.total_minor,
+                "lines": [
+                    {"account": li.account, "debit": li.debit_minor, "credit": li.credit_minor, "party": li.party}
+                    for li in entry.lines
+                ],
+                "event": event,
+            }
+        )
+        payloads.append(payload)
+    # As text, whatever the connection's json codec: a connection of the service's pool and a bare one alike. An id
+    # read from the database is asyncpg's UUID, which orjson leaves to `default`.
+    posted = set(
+        await conn.fetchval(
+            "SELECT post_entries($1::text::jsonb, $2::bytea[])", orjson.dumps(documents, default=str).decode(), payloads
+        )
     )
     if posted:
         db.wrote_outbox(conn)
-    return bool(posted)
+    return [entry.id in posted for entry in entries]
 
 
 async def _with_lines(conn: Conn, rows: Sequence[asyncpg.Record]) -> list[StoredEntry]:
