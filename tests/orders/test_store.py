@@ -199,3 +199,45 @@ class TestBillingView:
                 invoice,
             )
         assert written == 0
+
+    async def test_a_run_of_invoices_is_recorded_as_one_at_a_time_would_record_it(self, pool: asyncpg.Pool) -> None:
+        """One statement for the run: each invoice of ours under its order with its history row, in run order; an
+        invoice of no order of ours writes nothing; an invoice issued again later in the run ends with the later
+        issue's number and total, and both issues in the history."""
+        product = await add(pool, on_hand=2)
+        first, second = [await place(pool, [domain.Item(product.sku, 1)]) for _ in range(2)]
+        again = str(uuid.uuid4())
+
+        def issued(order_id: str, number: str, total: int, invoice: str | None = None) -> events.InvoiceIssued:
+            return events.InvoiceIssued(
+                invoice_id=invoice or str(uuid.uuid4()),
+                number=number,
+                customer_id="c1",
+                order_id=order_id,
+                currency="EUR",
+                lines=(),
+                subtotal_minor=total,
+                tax_minor=0,
+                total_minor=total,
+                issued_at=NOW,
+                due_at=NOW + timedelta(days=30),
+            )
+
+        run = [
+            issued(first.id, "INV-1", 100, again),
+            issued(str(uuid.uuid4()), "INV-X", 5),
+            issued(second.id, "INV-2", 200),
+            issued(first.id, "INV-3", 300, again),
+        ]
+        async with pool.acquire() as conn, conn.transaction():
+            recorded = await store.record_invoices(conn, invoices=[(i.order_id, Envelope(i)) for i in run])
+        assert recorded == [first.id, None, second.id, first.id]
+        async with pool.acquire() as conn:
+            views = [await store.order_view(conn, order_id=o.id) for o in (first, second)]
+            strays = await conn.fetchval("SELECT count(*) FROM order_invoices WHERE invoice_id = $1", run[1].invoice_id)
+        assert views[0] is not None and views[1] is not None
+        assert [(i["invoice_id"], i["number"], i["total_minor"]) for i in views[0].invoices] == [(again, "INV-3", 300)]
+        assert [(i["number"], i["total_minor"]) for i in views[1].invoices] == [("INV-2", 200)]
+        assert [h["data"]["number"] for h in views[0].history if h["type"] == "InvoiceIssued"] == ["INV-1", "INV-3"]
+        assert [h["data"]["number"] for h in views[1].history if h["type"] == "InvoiceIssued"] == ["INV-2"]
+        assert strays == 0

@@ -7,6 +7,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from backoffice import events
+from backoffice.consumer import Batched
 from backoffice.service import ServiceSpec, create_service_app
 from orders import api, fastpath, handlers
 from orders.settings import Settings
@@ -27,7 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ("POST", "/orders/{order_id}/shipments"): fastpath.ship_express,
             },
             handlers={
-                events.InvoiceIssued: handlers.on_invoice_issued,
+                events.InvoiceIssued: Batched(handlers.on_invoices_issued),
                 events.InvoicePaid: handlers.on_invoice_paid,
             },
         )

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import orjson
@@ -442,25 +442,58 @@ def _history_row(envelope: Envelope) -> tuple[Any, ...]:
 
 
 async def record_invoice(conn: Conn, *, order_id: str | None, envelope: Envelope) -> str | None:
-    """When `order_id` is one of our orders: the issued invoice under it and its history row, in one statement,
-    and the order's id; None (nothing written) otherwise."""
-    invoice = envelope.event
-    assert isinstance(invoice, events.InvoiceIssued)
-    value = await conn.fetchval(
-        "WITH o AS (SELECT id FROM orders WHERE id = $2),"
+    """When `order_id` is one of our orders: the issued invoice under it and its history row, and the order's id;
+    None (nothing written) otherwise (`record_invoices` of one)."""
+    (recorded,) = await record_invoices(conn, invoices=[(order_id, envelope)])
+    return recorded
+
+
+async def record_invoices(conn: Conn, *, invoices: Sequence[tuple[str | None, Envelope]]) -> list[str | None]:
+    """`record_invoice` of each (order id, `InvoiceIssued`) in turn, with the same outcome, in one statement for a
+    run of distinct invoices (a run that names an invoice again is cut there, so the later issue is applied after
+    the earlier one, as it would be on its own)."""
+    recorded: list[str | None] = []
+    run: list[tuple[str | None, Envelope]] = []
+    seen: set[str] = set()
+    for order_id, envelope in invoices:
+        invoice = envelope.event
+        assert isinstance(invoice, events.InvoiceIssued)
+        if invoice.invoice_id in seen:
+            recorded += await _record_distinct_invoices(conn, run)
+            run, seen = [], set()
+        run.append((order_id, envelope))
+        seen.add(invoice.invoice_id)
+    return recorded + await _record_distinct_invoices(conn, run)
+
+
+async def _record_distinct_invoices(conn: Conn, run: list[tuple[str | None, Envelope]]) -> list[str | None]:
+    if not run:
+        return []
+    issued = [cast(events.InvoiceIssued, envelope.event) for _, envelope in run]
+    rows = await conn.fetch(
+        "WITH i AS (SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::bigint[],"
+        " $6::timestamptz[], $7::uuid[], $8::text[], $9::timestamptz[], $10::text[]) WITH ORDINALITY"
+        " AS i(invoice_id, order_id, number, currency, total_minor, issued_at, event_id, type, at, data, n)),"
+        " o AS (SELECT i.*, orders.id AS known FROM i JOIN orders ON orders.id = i.order_id),"
         " invoice AS (INSERT INTO order_invoices (invoice_id, order_id, number, currency, total_minor, issued_at)"
-        " SELECT $1, o.id, $3, $4, $5, $6 FROM o ON CONFLICT (invoice_id) DO UPDATE"
+        " SELECT invoice_id, known, number, currency, total_minor, issued_at FROM o ORDER BY n"
+        " ON CONFLICT (invoice_id) DO UPDATE"
         " SET number = EXCLUDED.number, total_minor = EXCLUDED.total_minor, issued_at = EXCLUDED.issued_at)"
-        + _insert_history_of_o(7),
-        invoice.invoice_id,
-        _known_uuid(order_id),
-        invoice.number,
-        invoice.currency,
-        invoice.total_minor,
-        invoice.issued_at,
-        *_history_row(envelope),
+        " INSERT INTO order_events (event_id, order_id, type, occurred_at, data)"
+        " SELECT event_id, known, type, at, data::jsonb FROM o ORDER BY n RETURNING event_id::text, order_id::text",
+        [invoice.invoice_id for invoice in issued],
+        [_known_uuid(order_id) for order_id, _ in run],
+        [invoice.number for invoice in issued],
+        [invoice.currency for invoice in issued],
+        [invoice.total_minor for invoice in issued],
+        [invoice.issued_at for invoice in issued],
+        [envelope.id for _, envelope in run],
+        [envelope.event.name for _, envelope in run],
+        [envelope.time for _, envelope in run],
+        [orjson.dumps(envelope.event.model_dump(mode="json")).decode() for _, envelope in run],
     )
-    return None if value is None else str(value)
+    orders_of = {event_id: order_id for event_id, order_id in rows}
+    return [orders_of.get(str(uuid.UUID(envelope.id))) for _, envelope in run]
 
 
 async def record_payment(conn: Conn, *, order_id: str | None, envelope: Envelope) -> str | None:
