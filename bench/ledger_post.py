@@ -1,8 +1,10 @@
 """`ledger_post`: journal entries posted by the ledger's billing-event handler vs the same INSERTs in a bare loop.
 
 Both sides run `WORKERS` concurrent transactions of `BATCH` entries (as partitions of the ledger's consumer would)
-on the ledger's real schema, triggers included. The spread case mixes every posted event type over many parties
-and expense accounts; the hot-account case touches Cash (1000) in every entry.
+on the ledger's real schema, triggers included. Ours hands each transaction's events to the handler as one run, as
+the consumer hands over the fresh events of a poll; the baseline inserts entry by entry. The spread case mixes
+every posted event type over many parties and expense accounts; the hot-account case touches Cash (1000) in every
+entry.
 """
 
 from __future__ import annotations
