@@ -472,7 +472,7 @@ async def _record_distinct_invoices(conn: Conn, run: list[tuple[str | None, Enve
     issued = [cast(events.InvoiceIssued, envelope.event) for _, envelope in run]
     rows = await conn.fetch(
         "WITH i AS (SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::bigint[],"
-        " $6::timestamptz[], $7::uuid[], $8::text[], $9::timestamptz[], $10::text[]) WITH ORDINALITY"
+        " $6::timestamptz[], $7::uuid[], $8::text[], $9::timestamptz[], $10::jsonb[]) WITH ORDINALITY"
         " AS i(invoice_id, order_id, number, currency, total_minor, issued_at, event_id, type, at, data, n)),"
         " o AS (SELECT i.*, orders.id AS known FROM i JOIN orders ON orders.id = i.order_id),"
         " invoice AS (INSERT INTO order_invoices (invoice_id, order_id, number, currency, total_minor, issued_at)"
@@ -480,17 +480,14 @@ async def _record_distinct_invoices(conn: Conn, run: list[tuple[str | None, Enve
         " ON CONFLICT (invoice_id) DO UPDATE"
         " SET number = EXCLUDED.number, total_minor = EXCLUDED.total_minor, issued_at = EXCLUDED.issued_at)"
         " INSERT INTO order_events (event_id, order_id, type, occurred_at, data)"
-        " SELECT event_id, known, type, at, data::jsonb FROM o ORDER BY n RETURNING event_id::text, order_id::text",
+        " SELECT event_id, known, type, at, data FROM o ORDER BY n RETURNING event_id::text, order_id::text",
         [invoice.invoice_id for invoice in issued],
         [_known_uuid(order_id) for order_id, _ in run],
         [invoice.number for invoice in issued],
         [invoice.currency for invoice in issued],
         [invoice.total_minor for invoice in issued],
         [invoice.issued_at for invoice in issued],
-        [envelope.id for _, envelope in run],
-        [envelope.event.name for _, envelope in run],
-        [envelope.time for _, envelope in run],
-        [orjson.dumps(envelope.event.model_dump(mode="json")).decode() for _, envelope in run],
+        *map(list, zip(*(_history_row(envelope) for _, envelope in run), strict=True)),  # as `_history_row` gives
     )
     orders_of = {event_id: order_id for event_id, order_id in rows}
     return [orders_of.get(str(uuid.UUID(envelope.id))) for _, envelope in run]
