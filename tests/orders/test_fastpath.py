@@ -582,6 +582,64 @@ class TestGroupCommit:
         for order in orders:
             assert (await get_order(client, order["id"]))["status"] == "shipped"
 
+    async def test_a_lone_write_is_made_by_its_single_function_with_the_outcome_a_group_would_give_it(
+        self,
+        client: httpx.AsyncClient,
+        settings: Settings,
+        monkeypatch: pytest.MonkeyPatch,
+        locking_calls: list[str],
+    ) -> None:
+        alone: list[str] = []
+        original = fastpath.GroupCommit._write_alone
+
+        async def recorded(self: fastpath.GroupCommit, pool: Any, waiting: Any) -> Any:
+            outcome = await original(self, pool, waiting)
+            alone.append(f"{self.kind} {outcome[0]}")
+            return outcome
+
+        monkeypatch.setattr(fastpath.GroupCommit, "_write_alone", recorded)
+        sku = await add_product(client, on_hand=10)
+        key, customer = uuid.uuid4().hex, new_customer()
+        first = await place(client, {sku: 2}, customer=customer, headers=keyed(key))
+        again = await place(client, {sku: 2}, customer=customer, headers=keyed(key))
+        assert first.status_code == again.status_code == 201, again.text
+        assert again.headers.get("idempotent-replayed") == "true" and again.content == first.content
+
+        held = uuid.uuid4().hex  # a request in flight holds this key: the lone write waits 1 ms, then its own way
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            holder = conn.transaction()
+            await holder.start()
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('staff' || chr(31) || $1, 0))", held)
+            waiting = asyncio.create_task(place(client, {sku: 1}, headers=keyed(held)))
+            await asyncio.sleep(0.3)
+            assert not waiting.done()
+            await holder.rollback()
+            third = await waiting
+        finally:
+            await conn.close()
+        assert third.status_code == 201, third.text
+        assert await _stored_keys(settings, held) == 1
+
+        assert (await _ship(client, first.json()["id"], {sku: 2})).status_code == 201
+        order = await placed(client, {sku: 2})
+        before = await _view(settings, order["id"])
+        assert (await _ship(client, order["id"], {sku: 1})).status_code == 201
+        _read_once(monkeypatch, before)  # as if read before that shipment: its write no longer holds
+        assert (await _ship(client, order["id"], {sku: 1})).status_code == 201
+        assert alone == [
+            "place written",
+            "place stored",
+            "place busy",
+            "ship written",
+            "place written",
+            "ship written",
+            "ship stale",
+        ]
+        assert locking_calls == ["shipments"]
+        shown = await product(client, sku)
+        assert (shown["on_hand"], shown["reserved"]) == (10 - 4, 1)
+
     async def test_a_group_the_server_refuses_is_written_order_by_order(
         self, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, locking_calls: list[str]
     ) -> None:
