@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import math
 import random
+import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -125,6 +126,7 @@ class Step:
     sustained: bool
     cpu: dict[str, float]
     why: str = ""
+    growth_ms: float = math.nan  # the latency's rise over the step (`latency_growth_ms`), when all were posted
 
     def p(self, q: float) -> float:
         return percentile(self.latencies_ms, q)
@@ -161,17 +163,39 @@ async def pipeline_step(http: Http, *, rate: float, seconds: float, drain_s: flo
         ((started[c], (t - started[c]) * 1000) for c, t in posted.items() if c in started), key=lambda x: x[0]
     )
     values = [ms for _, ms in latencies]
-    why = ""
+    why, grew = "", math.nan
     if run.errors:
         why = f"{run.errors} failed requests ({run.first_error})"
     elif len(posted) < run.done:
         why = f"only {len(posted)} of {run.done} entries posted {drain_s:.0f}s after the load"
     else:
-        fifth = max(1, len(values) // 5)
-        head, tail = values[:fifth], values[-fifth:]
-        if max(tail) > max(1000.0, 3 * percentile(head, 50)):
-            why = f"latency grew: first fifth p50 {percentile(head, 50):.0f} ms, last fifth max {max(tail):.0f} ms"
-    return Step(rate, run.done + run.errors, run.errors, len(posted), values, not why, cpu, why)
+        head = values[: max(1, len(values) // 5)]
+        grew, limit = latency_growth_ms(latencies), max(GROWTH_FLOOR_MS, percentile(head, 50))
+        if grew > limit:
+            why = f"latency grew {grew:.0f} ms over the step (trend), more than {limit:.0f} ms"
+    return Step(rate, run.done + run.errors, run.errors, len(posted), values, not why, cpu, why, grew)
+
+
+GROWTH_FLOOR_MS = 250.0
+
+
+def latency_growth_ms(latencies: list[tuple[float, float]]) -> float:
+    """How much the latency rose from the first order of a step to its last: the least-squares line through
+    (start, ms), over the step's span.
+
+    A pipeline that cannot keep up queues a little more with every order, so its latency climbs all through the
+    step; one that keeps up has a flat trend, whatever its spikes. A step keeps up while its trend rises by less
+    than its first fifth's median (or GROWTH_FLOOR_MS, whichever is more). The line weighs every order alike;
+    the test it replaced, the slowest order of the last fifth, was one sample, and the likelier to be extreme the
+    more orders a step has, that is the higher its rate.
+    """
+    if len(latencies) < 3:
+        return 0.0
+    starts = [start for start, _ in latencies]
+    if max(starts) == min(starts):
+        return 0.0
+    slope, _ = statistics.linear_regression(starts, [ms for _, ms in latencies])
+    return slope * (max(starts) - min(starts))
 
 
 async def _posted(stack: Stack, run_tag: str, *, expected: int, timeout: float) -> dict[str, float]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import random
 from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 
@@ -96,6 +97,30 @@ class TestMaxRateSearch:
         assert await http_pairs.highest_kept_up(never, start=10, ceiling=100) == 0.0
         found = await http_pairs.highest_kept_up(always, start=10, ceiling=100, max_steps=20)
         assert 100 / 1.3 < found <= 100
+
+
+class TestKeptUp:
+    """A step keeps up while its latency has no rising trend: `latency_growth_ms` over the step."""
+
+    @staticmethod
+    def _step(ms: Callable[[int], float], *, orders: int = 1500, seconds: float = 8.0) -> list[tuple[float, float]]:
+        return [(n * seconds / orders, ms(n)) for n in range(orders)]
+
+    def test_a_flat_latency_with_spikes_has_no_growth_however_slow_its_last_orders(self) -> None:
+        noisy = random.Random(7)
+        step = self._step(lambda n: 300 + noisy.uniform(-100, 100) + (2500 if n % 250 == 249 else 0))
+        assert max(ms for _, ms in step[-300:]) > 3 * 300  # what the slowest-of-the-last-fifth test refused
+        assert abs(http_pairs.latency_growth_ms(step)) < 100
+
+    def test_a_backlog_that_builds_shows_as_the_growth_it_adds(self) -> None:
+        noisy = random.Random(11)
+        # 5 % more orders than the pipeline serves: each waits 5 % of the time elapsed since the step began
+        step = self._step(lambda n: 300 + 0.05 * (n * 8.0 / 1500) * 1000 + noisy.uniform(-100, 100))
+        assert http_pairs.latency_growth_ms(step) == pytest.approx(400, abs=40)
+
+    def test_too_few_orders_show_no_growth(self) -> None:
+        assert http_pairs.latency_growth_ms([]) == 0.0
+        assert http_pairs.latency_growth_ms([(1.0, 100.0), (1.0, 900.0)]) == 0.0
 
 
 class _FakeOrders:
