@@ -169,14 +169,15 @@ async def pipeline_step(http: Http, *, rate: float, seconds: float, drain_s: flo
     elif len(posted) < run.done:
         why = f"only {len(posted)} of {run.done} entries posted {drain_s:.0f}s after the load"
     else:
-        head = values[: max(1, len(values) // 5)]
-        grew, limit = latency_growth_ms(latencies), max(GROWTH_FLOOR_MS, percentile(head, 50))
-        if grew > limit:
-            why = f"latency grew {grew:.0f} ms over the step (trend), more than {limit:.0f} ms"
+        grew = latency_growth_ms(latencies)
+        if grew > GROWTH_LIMIT_MS:
+            why = f"latency grew {grew:.0f} ms over the step (trend), more than {GROWTH_LIMIT_MS:.0f} ms"
     return Step(rate, run.done + run.errors, run.errors, len(posted), values, not why, cpu, why, grew)
 
 
-GROWTH_FLOOR_MS = 250.0
+# A step keeps up while its latency's trend rises by less than this over the step. Over an 8 s step that is an
+# arrival rate about 3 % above what the pipeline serves; the steps that kept up measured between -70 and +60 ms.
+GROWTH_LIMIT_MS = 250.0
 
 
 def latency_growth_ms(latencies: list[tuple[float, float]]) -> float:
@@ -185,9 +186,8 @@ def latency_growth_ms(latencies: list[tuple[float, float]]) -> float:
 
     A pipeline that cannot keep up queues a little more with every order, so its latency climbs all through the
     step; one that keeps up has a flat trend, whatever its spikes. A step keeps up while its trend rises by less
-    than its first fifth's median (or GROWTH_FLOOR_MS, whichever is more). The line weighs every order alike;
-    the test it replaced, the slowest order of the last fifth, was one sample, and the likelier to be extreme the
-    more orders a step has, that is the higher its rate.
+    than GROWTH_LIMIT_MS. The line weighs every order alike; the test it replaced, the slowest order of the last
+    fifth, was one sample, and the likelier to be extreme the more orders a step has, that is the higher its rate.
     """
     if len(latencies) < 3:
         return 0.0
