@@ -3,6 +3,8 @@ speed is judged by the ratios `make bench` prints."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import itertools
 import math
 import os
@@ -13,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from backoffice.db import SHARED_MIGRATIONS, Migration, load_migrations, migrate_dsn
-from bench import http_pairs, report
+from bench import http_pairs, loadgen, report
 from bench.ledger_post import LedgerBench
 from bench.loadgen import percentile
 from bench.stack import Stack
@@ -97,6 +99,23 @@ class TestMaxRateSearch:
         assert await http_pairs.highest_kept_up(never, start=10, ceiling=100) == 0.0
         found = await http_pairs.highest_kept_up(always, start=10, ceiling=100, max_steps=20)
         assert 100 / 1.3 < found <= 100
+
+
+class TestLoadGenerator:
+    async def test_the_collector_is_paused_while_a_run_sends_and_back_after_it(self) -> None:
+        enabled: list[bool] = []
+
+        async def operation(n: int) -> bool:
+            enabled.append(gc.isenabled())
+            await asyncio.sleep(0)
+            return True
+
+        assert gc.isenabled()
+        opened = await loadgen.open_loop(operation, rate=400, seconds=0.05)
+        closed = await loadgen.closed_loop(operation, workers=2, seconds=0.05)
+        assert opened.done > 0 and closed.done > 0
+        assert len(enabled) == opened.done + closed.done and not any(enabled)
+        assert gc.isenabled()
 
 
 class TestKeptUp:
