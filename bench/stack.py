@@ -146,7 +146,8 @@ def _cpu_seconds(pid: int, *, children: bool) -> float:
 
 @dataclass
 class CpuMeter:
-    """CPU used per process (with its children: PostgreSQL's backends) over a span, in cores (1.0 = one core)."""
+    """CPU used per process (with its children: PostgreSQL's backends) over a span, in cores (1.0 = one core), and
+    `steal`: the cores the hypervisor took for other guests over that span."""
 
     pids: dict[str, list[int]]
     started: float = field(default_factory=time.monotonic)
@@ -156,9 +157,11 @@ class CpuMeter:
         self.before = self._sample()
 
     def _sample(self) -> dict[str, float]:
-        return {
+        used = {
             name: sum(_cpu_seconds(pid, children=name != "bench") for pid in pids) for name, pids in self.pids.items()
         }
+        # What the hypervisor gave to other machines meanwhile (Linux guests): a run that shows it shared the host.
+        return {**used, "steal": getattr(psutil.cpu_times(), "steal", 0.0)}
 
     def cores(self) -> dict[str, float]:
         wall = max(time.monotonic() - self.started, 1e-6)

@@ -9,6 +9,7 @@ import itertools
 import math
 import os
 import random
+import time
 from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 
@@ -18,7 +19,7 @@ from backoffice.db import SHARED_MIGRATIONS, Migration, load_migrations, migrate
 from bench import http_pairs, loadgen, report
 from bench.ledger_post import LedgerBench
 from bench.loadgen import percentile
-from bench.stack import Stack
+from bench.stack import CpuMeter, Stack
 from tests.conftest import ADMIN_DSN, BOOTSTRAP
 
 
@@ -116,6 +117,17 @@ class TestLoadGenerator:
         assert opened.done > 0 and closed.done > 0
         assert len(enabled) == opened.done + closed.done and not any(enabled)
         assert gc.isenabled()
+
+
+class TestCpuMeter:
+    def test_it_reports_each_process_and_what_the_hypervisor_stole(self) -> None:
+        meter = CpuMeter({"bench": [os.getpid()]})
+        deadline = time.process_time() + 0.2
+        while time.process_time() < deadline:  # busy: this process uses CPU over the span
+            pass
+        cores = meter.cores()
+        assert set(cores) == {"bench", "steal"}
+        assert cores["bench"] > 0 and cores["steal"] >= 0
 
 
 class TestKeptUp:
