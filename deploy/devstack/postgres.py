@@ -95,11 +95,6 @@ class PostgresServer:
             f"-c unix_socket_directories='{socket or ''}'",
             "-c max_connections=300",
             "-c shared_buffers=256MB",
-            # Checkpoints by time, as a write-heavy server is tuned, not every 1 GB of WAL (the default): the bench
-            # wrote that much every minute or two, and each checkpoint then made every page's first change after
-            # it log a full copy of the page.
-            "-c max_wal_size=8GB",
-            "-c checkpoint_timeout=15min",
         ]
         if self.fast_durability:
             options += ["-c fsync=off", "-c full_page_writes=off"]
