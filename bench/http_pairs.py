@@ -176,7 +176,7 @@ async def pipeline_step(http: Http, *, rate: float, seconds: float, drain_s: flo
 
 
 # A step keeps up while its latency's trend rises by less than this over the step. Over an 8 s step that is an
-# arrival rate about 3 % above what the pipeline serves; the steps that kept up measured between -70 and +60 ms.
+# arrival rate about 3 % above what the pipeline serves; steps that kept up have measured -170 to +180 ms.
 GROWTH_LIMIT_MS = 250.0
 
 
