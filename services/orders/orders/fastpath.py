@@ -101,11 +101,10 @@ async def place_in_stock(request: Request, *, principal: Principal, body: schema
         request,
         principal=principal,
         key=key,
-        function="place_order_in_stock",
+        kind="place",
         view=view,
         document={"order": columns, "now": now, "lines": lines},
         envelopes=envelopes,
-        group=GroupCommit.of(request.app, "place"),
     )
     if answer is None:
         hints.forget(skus)
@@ -201,7 +200,7 @@ async def ship(request: Request, *, principal: Principal, order_id: str, body: s
         request,
         principal=principal,
         key=key,
-        function="ship_order_from_snapshot",
+        kind="ship",
         view=view,
         document={
             "order_id": order_id,
@@ -222,7 +221,6 @@ async def ship(request: Request, *, principal: Principal, order_id: str, body: s
             },
         },
         envelopes=envelopes,
-        group=GroupCommit.of(request.app, "ship"),
     )
 
 
@@ -232,19 +230,19 @@ async def _write(
     *,
     principal: Principal,
     key: str | None,
-    function: str,
+    kind: str,
     view: schemas.Order,
     document: dict[str, Any],
     envelopes: list[Envelope],
-    group: GroupCommit | None = None,
 ) -> Response | None:
-    """Call `function` with `document`, completed with the request's caller, key and hash and the events (each
-    one's outbox row, and the type and time of its history row), then the answer and the events' payloads: the
-    201 it wrote, the answer it found stored under the key, or None when the snapshot no longer held.
+    """Write `document` of `kind` ('place' or 'ship', see `_SINGLE`), completed with the request's caller, key and
+    hash and the events (each one's outbox row, and the type and time of its history row), then the answer and the
+    events' payloads: the 201 it wrote, the answer it found stored under the key, or None when the snapshot no
+    longer held.
 
-    With a `group`, the call is made with the other orders of the moment, in one transaction (`GroupCommit`);
-    an order the group could not write for a reason of its own (its key held by a request in flight, anything
-    unexpected) is then written on its own, as without a group."""
+    With group commit on, the write is made with the other orders of the moment, in one transaction
+    (`GroupCommit`); an order the group could not write for a reason of its own (its key held by a request in
+    flight, anything unexpected) is then written on its own, as without a group."""
     encoded = idempotency.encoded(view)
     digest = None if key is None else idempotency.digest_of(request, await request.body())
     recorded, payloads = [], []
@@ -256,34 +254,50 @@ async def _write(
     document.update(
         principal=principal.sub, key=key, request_hash=digest, status_code=201, wait_ms=_WAIT_MS, events=recorded
     )
+    group = GroupCommit.of(request.app, kind)
+    outcome, stored = "retry", None
     if group is not None:
         outcome, stored = await group.submit(pool, document, encoded, payloads)
-        if outcome == "written":
-            return Response(encoded, status_code=201, media_type="application/json")
-        if outcome == "stored":
-            assert stored is not None and digest is not None
-            return idempotency.replay(stored, digest)
-        if outcome in ("stale", "deadlock"):
-            return None
+    if outcome not in ("written", "stored", "stale", "deadlock"):  # on its own, waiting as long as a key may take
+        outcome, stored = await _write_single(pool, kind, document, encoded, payloads)
+        if outcome == "busy":
+            raise Conflict("a request with this Idempotency-Key is still in progress")
+    if outcome == "stored":
+        assert stored is not None and digest is not None
+        return idempotency.replay(stored, digest)
+    if outcome == "written":
+        return Response(encoded, status_code=201, media_type="application/json")
+    return None  # stale or deadlock: the locking path decides
+
+
+# The single function of each kind of snapshot write (migration 0005).
+_SINGLE = {"place": "place_order_in_stock", "ship": "ship_order_from_snapshot"}
+
+
+async def _write_single(
+    pool: asyncpg.Pool, kind: str, document: dict[str, Any], answer: bytes, payloads: list[bytes]
+) -> tuple[str, asyncpg.Record | None]:
+    """One write by its single function, in its own transaction: 'written'; 'stored', with the answer stored under
+    its key; 'stale', 'deadlock', or 'busy' (its key held by a request in flight for longer than the document's
+    `wait_ms`). Any other error is raised."""
     async with pool.acquire() as conn:
         try:
-            stored = await conn.fetchrow(
-                f"SELECT * FROM {function}($1::jsonb, $2::bytea, $3::bytea[])", document, encoded, payloads
+            row = await conn.fetchrow(
+                f"SELECT * FROM {_SINGLE[kind]}($1::jsonb, $2::bytea, $3::bytea[])", document, answer, payloads
             )
-        except asyncpg.LockNotAvailableError as exc:
-            raise Conflict("a request with this Idempotency-Key is still in progress") from exc
         except asyncpg.DeadlockDetectedError:
-            return None
+            return "deadlock", None
+        except asyncpg.LockNotAvailableError:
+            return "busy", None
         except asyncpg.PostgresError as exc:
             if exc.sqlstate == STALE:
-                return None
+                return "stale", None
             raise
-        assert stored is not None
-        if not stored[0]:
-            assert digest is not None
-            return idempotency.replay(stored, digest)
+        assert row is not None
+        if not row[0]:
+            return "stored", row
         db.wrote_outbox(conn)
-    return Response(encoded, status_code=201, media_type="application/json")
+    return "written", None
 
 
 @dataclass(eq=False)
@@ -395,23 +409,7 @@ class GroupCommit:
         would give it. That function locks the products in sku order (and then the order) as the group does: a
         group of one needs neither the group's lock on its products beforehand nor a savepoint, and these were
         most of what the group added to the single function's cost (under a trickle, nearly every group)."""
-        function = "place_order_in_stock" if self.kind == "place" else "ship_order_from_snapshot"
-        async with pool.acquire() as conn:
-            try:
-                row = await conn.fetchrow(
-                    f"SELECT * FROM {function}($1::jsonb, $2::bytea, $3::bytea[])",
-                    waiting.document,
-                    waiting.answer,
-                    waiting.payloads,
-                )
-            except asyncpg.DeadlockDetectedError:
-                return "deadlock", None
-            except asyncpg.LockNotAvailableError:
-                return "busy", None
-            except asyncpg.PostgresError as exc:
-                return ("stale" if exc.sqlstate == STALE else "failed"), None
-            assert row is not None
-            if row[0]:
-                db.wrote_outbox(conn)
-                return "written", None
-        return "stored", row
+        try:
+            return await _write_single(pool, self.kind, waiting.document, waiting.answer, waiting.payloads)
+        except asyncpg.PostgresError:
+            return "failed", None
