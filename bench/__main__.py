@@ -152,7 +152,7 @@ class Bench:
 
     async def pipeline(self, mode: str, client: http_pairs.Http, *, http_rate: float) -> None:
         s = self.sizes
-        best, steps = await http_pairs.max_rate(client, start=0.1 * http_rate, ceiling=http_rate, seconds=s.step_s)
+        best, steps = await http_pairs.max_rate(client, start=0.15 * http_rate, ceiling=http_rate, seconds=s.step_s)
         f = figures(TARGETS["pipeline_max_rate"][1], [best], [http_rate])
         f.note = "steps: " + "; ".join(
             f"{st.rate:.1f}/s {f'kept up (trend {st.growth_ms:+.0f} ms)' if st.sustained else 'fell behind: ' + st.why}"

@@ -229,13 +229,20 @@ async def max_rate(http: Http, *, start: float, ceiling: float, seconds: float) 
     return await highest_kept_up(probe, start=start, ceiling=ceiling), steps
 
 
+# The search of `pipeline_max_rate` ends once the highest rate that kept up and the lowest that did not are within
+# 6 % of each other. With 15 % (until 2026-11-29) the figure could only fall on a coarse grid: in the last full bench
+# 178.4/s kept up and 203.4/s did not, so 178.4 was reported while the ceiling could be anywhere up to 14 % above
+# it. Each further probe is one more 8 s step (two per mode, about 50 s).
+SEARCH_RESOLUTION = 1.06
+
+
 async def highest_kept_up(
     probe: Callable[[float], Awaitable[bool]],
     *,
     start: float,
     ceiling: float,
-    max_steps: int = 8,
-    resolution: float = 1.15,
+    max_steps: int = 10,
+    resolution: float = SEARCH_RESOLUTION,
 ) -> float:
     """From `start`, up 30 % a step while `probe(rate)` keeps up (down by 1.6x while it does not); once one rate
     kept up and a higher one did not, halve the gap between them (geometrically) until they are within

@@ -87,8 +87,20 @@ class TestMaxRateSearch:
             return rate <= limit
 
         found = await http_pairs.highest_kept_up(probe, start=start, ceiling=10_000, max_steps=12)
-        assert limit / 1.15 <= found <= limit, tried
+        assert limit / http_pairs.SEARCH_RESOLUTION <= found <= limit, tried
         assert len(tried) <= 12
+
+    @pytest.mark.parametrize("limit", [190.0, 120.0, 300.0])
+    async def test_the_bench_s_search_reaches_its_resolution_within_its_steps(self, limit: float) -> None:
+        """As `make bench` calls it: from 15 % of ours' HTTP rate (here 625/s), with the default steps."""
+        tried: list[float] = []
+
+        async def probe(rate: float) -> bool:
+            tried.append(rate)
+            return rate <= limit
+
+        found = await http_pairs.highest_kept_up(probe, start=0.15 * 625, ceiling=625)
+        assert limit / 1.06 <= found <= limit, tried  # within 6 % of the limit
 
     async def test_none_kept_up_gives_zero_and_the_ceiling_stops_the_climb(self) -> None:
         async def never(rate: float) -> bool:
