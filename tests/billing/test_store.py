@@ -179,6 +179,25 @@ class TestBatchedInvoicing:
                 "SELECT string_agg(customer_id, ',') FROM customers"
             )
 
+    async def test_invoiced_shipments_are_looked_up_by_key_in_the_plan_a_prepared_statement_keeps(
+        self, billing: Billing
+    ) -> None:
+        """The consumer's statement is prepared, and PostgreSQL may keep one generic plan for it. The check for
+        shipments invoiced already was planned, while `invoices` was small, as a hash join over the whole table, and
+        that plan was kept as the table grew: each batch read every invoice (measured in the pipeline: some 300
+        whole-table scans in a 15 s step). It must find each shipment by its key in that plan too."""
+        at = datetime(2038, 6, 1, tzinfo=UTC)
+        done, new = (shipped(new_id("c"), [("A", 1, 100)]) for _ in range(2))
+        assert await self.batch(billing, [done], at) == ["INV-2038-000001"]
+        async with billing.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            taken = await store.start_shipment_invoices(
+                conn, shipments=[(s.shipment_id, s.customer_id, s.currency) for s in (done, new)], year=2038
+            )
+            scans = await conn.fetchval("SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'invoices'")
+        assert taken.numbers == {new.shipment_id: 2}
+        assert scans == 0
+
     async def test_credit_is_used_in_batch_order_and_terms_per_customer(self, billing: Billing) -> None:
         at = datetime(2037, 6, 1, tzinfo=UTC)
         rich, other = new_id("c"), new_id("c")

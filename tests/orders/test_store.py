@@ -241,3 +241,31 @@ class TestBillingView:
         assert [h["data"]["number"] for h in views[0].history if h["type"] == "InvoiceIssued"] == ["INV-1", "INV-3"]
         assert [h["data"]["number"] for h in views[1].history if h["type"] == "InvoiceIssued"] == ["INV-2"]
         assert strays == 0
+
+    async def test_a_run_of_invoices_finds_its_orders_by_key_in_the_plan_a_prepared_statement_keeps(
+        self, pool: asyncpg.Pool
+    ) -> None:
+        """The consumer's statement is prepared, and PostgreSQL may keep one generic plan for it: the join to the
+        orders must be by key in that plan too, not a hash join over every order (measured in the pipeline: whole-
+        table scans of `orders`, each batch reading more rows as the table grew)."""
+        product = await add(pool, on_hand=1)
+        order = await place(pool, [domain.Item(product.sku, 1)])
+        issued = events.InvoiceIssued(
+            invoice_id=str(uuid.uuid4()),
+            number="INV-K",
+            customer_id="c1",
+            order_id=order.id,
+            currency="EUR",
+            lines=(),
+            subtotal_minor=100,
+            tax_minor=0,
+            total_minor=100,
+            issued_at=NOW,
+            due_at=NOW + timedelta(days=30),
+        )
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            recorded = await store.record_invoices(conn, invoices=[(order.id, Envelope(issued))])
+            scans = await conn.fetchval("SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'orders'")
+        assert recorded == [order.id]
+        assert scans == 0

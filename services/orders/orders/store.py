@@ -474,7 +474,7 @@ async def _record_distinct_invoices(conn: Conn, run: list[tuple[str | None, Enve
         "WITH i AS (SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::bigint[],"
         " $6::timestamptz[], $7::uuid[], $8::text[], $9::timestamptz[], $10::jsonb[]) WITH ORDINALITY"
         " AS i(invoice_id, order_id, number, currency, total_minor, issued_at, event_id, type, at, data, n)),"
-        " o AS (SELECT i.*, orders.id AS known FROM i JOIN orders ON orders.id = i.order_id),"
+        " o AS (SELECT i.*, orders.id AS known FROM i JOIN orders ON orders.id = i.order_id AND orders.id = ANY($2)),"
         " invoice AS (INSERT INTO order_invoices (invoice_id, order_id, number, currency, total_minor, issued_at)"
         " SELECT invoice_id, known, number, currency, total_minor, issued_at FROM o ORDER BY n"
         " ON CONFLICT (invoice_id) DO UPDATE"
