@@ -142,6 +142,23 @@ class TestOrders:
         assert none == []
 
 
+def issued(order_id: str, number: str, total: int, invoice: str | None = None) -> events.InvoiceIssued:
+    """An `InvoiceIssued` of `total` (no tax) for customer c1, issued at NOW."""
+    return events.InvoiceIssued(
+        invoice_id=invoice or str(uuid.uuid4()),
+        number=number,
+        customer_id="c1",
+        order_id=order_id,
+        currency="EUR",
+        lines=(),
+        subtotal_minor=total,
+        tax_minor=0,
+        total_minor=total,
+        issued_at=NOW,
+        due_at=NOW + timedelta(days=30),
+    )
+
+
 class TestBillingView:
     async def test_issued_then_paid_invoices_upsert_under_their_order(self, pool: asyncpg.Pool) -> None:
         product = await add(pool, on_hand=1)
@@ -208,21 +225,6 @@ class TestBillingView:
         first, second = [await place(pool, [domain.Item(product.sku, 1)]) for _ in range(2)]
         again = str(uuid.uuid4())
 
-        def issued(order_id: str, number: str, total: int, invoice: str | None = None) -> events.InvoiceIssued:
-            return events.InvoiceIssued(
-                invoice_id=invoice or str(uuid.uuid4()),
-                number=number,
-                customer_id="c1",
-                order_id=order_id,
-                currency="EUR",
-                lines=(),
-                subtotal_minor=total,
-                tax_minor=0,
-                total_minor=total,
-                issued_at=NOW,
-                due_at=NOW + timedelta(days=30),
-            )
-
         run = [
             issued(first.id, "INV-1", 100, again),
             issued(str(uuid.uuid4()), "INV-X", 5),
@@ -250,22 +252,11 @@ class TestBillingView:
         table scans of `orders`, each batch reading more rows as the table grew)."""
         product = await add(pool, on_hand=1)
         order = await place(pool, [domain.Item(product.sku, 1)])
-        issued = events.InvoiceIssued(
-            invoice_id=str(uuid.uuid4()),
-            number="INV-K",
-            customer_id="c1",
-            order_id=order.id,
-            currency="EUR",
-            lines=(),
-            subtotal_minor=100,
-            tax_minor=0,
-            total_minor=100,
-            issued_at=NOW,
-            due_at=NOW + timedelta(days=30),
-        )
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-            recorded = await store.record_invoices(conn, invoices=[(order.id, Envelope(issued))])
+            recorded = await store.record_invoices(
+                conn, invoices=[(order.id, Envelope(issued(order.id, "INV-K", 100)))]
+            )
             scans = await conn.fetchval("SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'orders'")
         assert recorded == [order.id]
         assert scans == 0
