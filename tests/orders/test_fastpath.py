@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import asyncpg
@@ -665,3 +665,163 @@ class TestGroupCommit:
         assert answer.status_code >= 500
         assert locking_calls == []
         assert (await product(client, sku))["reserved"] == 0
+
+
+@dataclass
+class SetWrites:
+    """Each place group of more than one order, written with the functions it calls counted (`set_writes`)."""
+
+    # The next group waits, before it is written, until this many orders wait behind it (or 5 s): the test then
+    # knows exactly which orders make the group after it.
+    gather: int = 0
+    entered: asyncio.Event = field(default_factory=asyncio.Event)
+    # each group: each order's outcome, its orders' ids, and the calls of the functions below that returned while
+    # it was written
+    seen: list[tuple[list[str], list[str], dict[str, int]]] = field(default_factory=list)
+
+    COUNTED = ("_place_group", "place_order_in_stock")
+
+
+@pytest.fixture
+def set_writes(monkeypatch: pytest.MonkeyPatch) -> SetWrites:
+    state = SetWrites()
+    original = fastpath.GroupCommit._write
+
+    async def counted(self: fastpath.GroupCommit, pool: Any, group: Any) -> Any:
+        state.entered.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while len(self._waiting) < state.gather and loop.time() < deadline:
+            await asyncio.sleep(0.005)
+        state.gather = 0
+        if self.kind != "place" or len(group) == 1:
+            return await original(self, pool, group)
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL track_functions = 'pl'")
+            before = await _calls(conn)
+            rows = await conn.fetch(fastpath.WRITE_SNAPSHOTS, *self.arguments(group))
+            after = await _calls(conn)
+        ids = [w.document["order"]["id"] for w in group]
+        calls = {name: after[name] - before.get(name, 0) for name in after if after[name] > before.get(name, 0)}
+        state.seen.append(([r["outcome"] for r in rows], ids, calls))
+        return [(r["outcome"], r if r["outcome"] == "stored" else None) for r in rows]
+
+    monkeypatch.setattr(fastpath.GroupCommit, "_write", counted)
+    return state
+
+
+async def _calls(conn: Any) -> dict[str, int]:
+    """The calls of the counted functions this connection has made and not yet reported (PostgreSQL counts a call
+    that returned, not one that raised)."""
+    rows = await conn.fetch(
+        "SELECT funcname, calls FROM pg_stat_xact_user_functions WHERE funcname = ANY($1::text[])",
+        list(SetWrites.COUNTED),
+    )
+    return {r["funcname"]: r["calls"] for r in rows}
+
+
+async def _placed_after_one(
+    client: httpx.AsyncClient,
+    state: SetWrites,
+    first: dict[str, int],
+    rest: list[tuple[dict[str, int], dict[str, str]]],
+    *,
+    customer: str = "",
+) -> tuple[httpx.Response, list[httpx.Response]]:
+    """`first` placed alone, and while it is written, `rest` (lines, headers), which then make one group."""
+    state.gather = len(rest)
+    lone = asyncio.create_task(place(client, first, headers=keyed()))
+    await asyncio.wait_for(state.entered.wait(), 5)
+    answers = await asyncio.gather(
+        *(place(client, lines, customer=customer or None, headers=headers) for lines, headers in rest)
+    )
+    return await lone, list(answers)
+
+
+class TestGroupWrittenAsOneSet:
+    """A group of in-stock orders that can all be written is written as one set, each table by one statement
+    (migration 0008); any other group is written order by order, each with the outcome it has on its own."""
+
+    async def test_a_group_every_order_of_which_can_be_written_is_written_as_one_set_as_the_loop_would(
+        self, client: httpx.AsyncClient, settings: Settings, set_writes: SetWrites, locking_calls: list[str]
+    ) -> None:
+        skus = [await add_product(client, on_hand=10) for _ in range(3)]
+        keys = [uuid.uuid4().hex if n % 3 else None for n in range(6)]  # some sent without a key
+        rest = [({skus[n % 3]: 1, skus[(n + 1) % 3]: 2}, keyed(k) if k else STAFF) for n, k in enumerate(keys)]
+        customer = new_customer()
+        first, answers = await _placed_after_one(client, set_writes, {skus[0]: 1}, rest, customer=customer)
+        assert [a.status_code for a in [first, *answers]] == [201] * 7, [a.text for a in answers]
+        assert locking_calls == []
+        [(outcomes, ids, calls)] = set_writes.seen
+        assert outcomes == ["written"] * 6
+        assert calls == {"_place_group": 1}  # no order of it written on its own
+        assert sorted(ids) == sorted(a.json()["id"] for a in answers)
+
+        assert [(await product(client, sku))["reserved"] for sku in skus] == [1 + 6, 6, 6]
+        for answer in answers:
+            assert await get_order(client, answer.json()["id"]) == answer.json()
+        for (lines, headers), answer in zip(rest, answers, strict=True):
+            if "Idempotency-Key" in headers:
+                again = await place(client, lines, customer=customer, headers=headers)
+                assert again.headers.get("idempotent-replayed") == "true" and again.content == answer.content
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            published = await conn.fetch(
+                "SELECT o.key, o.payload, e.data, e.type FROM outbox o JOIN order_events e USING (event_id)"
+                " WHERE o.key = ANY($1::text[]) ORDER BY o.seq",
+                ids,
+            )
+            history = await conn.fetch(
+                "SELECT order_id::text FROM order_events WHERE order_id = ANY($1::uuid[]) ORDER BY seq", ids
+            )
+            stored = await conn.fetchval(
+                "SELECT count(*) FROM idempotency_keys WHERE key = ANY($1::text[])", [k for k in keys if k]
+            )
+        finally:
+            await conn.close()
+        assert [r["key"] for r in published] == ids  # in the group's order, as the loop writes them
+        assert [r["order_id"] for r in history] == ids
+        assert {r["type"] for r in published} == {"OrderPlaced"}
+        assert all(orjson.loads(r["payload"]) == orjson.loads(r["data"]) for r in published)
+        assert stored == 4
+
+    async def test_a_group_short_of_stock_together_is_written_order_by_order(
+        self, client: httpx.AsyncClient, set_writes: SetWrites, locking_calls: list[str]
+    ) -> None:
+        sku = await add_product(client, on_hand=4)  # each order fits what was read; the four after the first do not
+        first, answers = await _placed_after_one(client, set_writes, {sku: 1}, [({sku: 1}, keyed()) for _ in range(4)])
+        assert first.status_code == 201
+        [(outcomes, _, calls)] = set_writes.seen
+        assert outcomes == ["written"] * 3 + ["stale"]
+        assert calls == {"place_order_in_stock": 3}  # the set raised; so did the stale order
+        assert locking_calls == ["/orders"]  # the stale one, decided by the locking path
+        assert sorted(a.status_code for a in answers) == [201] * 3 + [409]  # short, and no backorder asked for
+        assert (await product(client, sku))["reserved"] == 4
+
+    async def test_a_group_with_a_key_held_by_a_request_in_flight_is_written_order_by_order(
+        self, client: httpx.AsyncClient, settings: Settings, set_writes: SetWrites
+    ) -> None:
+        sku = await add_product(client, on_hand=10)
+        held = uuid.uuid4().hex
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            holder = conn.transaction()
+            await holder.start()
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('staff' || chr(31) || $1, 0))", held)
+            placing = asyncio.create_task(
+                _placed_after_one(client, set_writes, {sku: 1}, [({sku: 1}, keyed()), ({sku: 1}, keyed(held))])
+            )
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while not set_writes.seen and loop.time() < deadline:
+                await asyncio.sleep(0.01)
+            await holder.rollback()
+            first, answers = await placing
+        finally:
+            await conn.close()
+        [(outcomes, _, calls)] = set_writes.seen
+        assert sorted(outcomes) == ["busy", "written"]
+        assert calls == {"place_order_in_stock": 1}  # the set raised; so did the busy order
+        assert [a.status_code for a in [first, *answers]] == [201] * 3
+        assert await _stored_keys(settings, held) == 1
+        assert (await product(client, sku))["reserved"] == 3

@@ -300,6 +300,10 @@ async def _write_single(
     return "written", None
 
 
+# A group's write (migrations 0006 to 0008): one row per write of the group, in order.
+WRITE_SNAPSHOTS = "SELECT * FROM write_snapshots($1, $2::jsonb, $3::bytea[], $4::bytea[], $5::integer[])"
+
+
 @dataclass(eq=False)
 class _Waiting:
     document: dict[str, Any]
@@ -315,8 +319,9 @@ class GroupCommit:
     One group of each kind is written at a time per process; the orders arriving meanwhile wait and make the next
     group, up to MAX_ORDERS. Under a trickle a group is one order, written by the single statement itself
     (`_write_alone`); under load, the commit (a WAL flush), the round trip and the statement's overhead are shared.
-    Each order of a group is written in a savepoint of its own, so an order that cannot be written leaves the others
-    as they are. Its outcome is
+    A group of orders is first written as one set, each table by one statement (migration 0008), when every order of
+    it can be written; otherwise, and for shipments, each write of a group is made in a savepoint of its own, so one
+    that cannot be written leaves the others as they are. Its outcome is
     'written', 'stored' (the answer already stored under its key) or why it was not written ('stale', 'deadlock',
     'busy', 'failed'), and the caller then decides it as without a group. A group the server refused as a whole
     wrote nothing: each of its orders comes back with outcome 'retry', to be written on its own. A group whose fate
@@ -392,17 +397,20 @@ class GroupCommit:
         if len(group) == 1:
             return [await self._write_alone(pool, group[0])]
         async with pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT * FROM write_snapshots($1, $2::jsonb, $3::bytea[], $4::bytea[], $5::integer[])",
-                self.kind,
-                [w.document for w in group],
-                [w.answer for w in group],
-                [payload for w in group for payload in w.payloads],
-                [len(w.payloads) for w in group],
-            )
+            rows = await conn.fetch(WRITE_SNAPSHOTS, *self.arguments(group))
             if any(row["outcome"] == "written" for row in rows):
                 db.wrote_outbox(conn)
         return [(row["outcome"], row if row["outcome"] == "stored" else None) for row in rows]
+
+    def arguments(self, group: list[_Waiting]) -> tuple[Any, ...]:
+        """The arguments of `WRITE_SNAPSHOTS` for `group`."""
+        return (
+            self.kind,
+            [w.document for w in group],
+            [w.answer for w in group],
+            [payload for w in group for payload in w.payloads],
+            [len(w.payloads) for w in group],
+        )
 
     async def _write_alone(self, pool: asyncpg.Pool, waiting: _Waiting) -> tuple[str, asyncpg.Record | None]:
         """A group of one, written by the single function in its own transaction, with the outcome `write_snapshots`
