@@ -7,7 +7,9 @@
 -- written by the loop of 0007, order by order, with the outcome each order has on its own. The rows written are
 -- the loop's, in the same order (orders, lines, outbox and history in the group's order).
 --
--- A group of shipments, and a group of one, go through the loop as before.
+-- Measured on the bench's HTTP closed loop (groups of about nine): 0.53 ms of PostgreSQL time per order in
+-- write_snapshots, against 0.95 for the loop. A group of one costs more this way (1.68 ms against 1.29 for
+-- `place_order_in_stock`), so a group of one, and a group of shipments, go through the loop as before.
 
 -- Raises BOS02 unless it wrote the whole group of in-stock orders (the products already locked by the caller).
 CREATE FUNCTION _place_group(p_docs jsonb, p_bodies bytea[], p_payloads bytea[]) RETURNS void
