@@ -158,3 +158,10 @@ async def create_topics(*names: str, partitions: int = 3, bootstrap: str = BOOTS
             await admin.create_topics(wanted)
     finally:
         await admin.close()
+
+
+async def seq_scans(conn: Any, table: str) -> int:
+    """The sequential scans of `table` this connection has counted and not yet reported. PostgreSQL reports a
+    backend's counts at most once a second, so they may include earlier transactions of a pooled connection: take
+    the difference around the statement measured."""
+    return int(await conn.fetchval("SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = $1", table) or 0)

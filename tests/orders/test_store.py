@@ -16,6 +16,7 @@ from backoffice.envelope import Envelope
 from backoffice.errors import Conflict
 from orders import domain, store
 from orders.settings import Settings
+from tests.conftest import seq_scans
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 MIGRATIONS = Path(domain.__file__).parent / "migrations"
@@ -254,9 +255,10 @@ class TestBillingView:
         order = await place(pool, [domain.Item(product.sku, 1)])
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            before = await seq_scans(conn, "orders")
             recorded = await store.record_invoices(
                 conn, invoices=[(order.id, Envelope(issued(order.id, "INV-K", 100)))]
             )
-            scans = await conn.fetchval("SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'orders'")
+            scans = await seq_scans(conn, "orders") - before
         assert recorded == [order.id]
         assert scans == 0
