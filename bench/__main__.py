@@ -154,11 +154,7 @@ class Bench:
         s = self.sizes
         best, steps = await http_pairs.max_rate(client, start=0.15 * http_rate, ceiling=http_rate, seconds=s.step_s)
         f = figures(TARGETS["pipeline_max_rate"][1], [best], [http_rate])
-        f.note = "steps: " + "; ".join(
-            f"{st.rate:.1f}/s {f'kept up (trend {st.growth_ms:+.0f} ms)' if st.sustained else 'fell behind: ' + st.why}"
-            f" p99 {st.p(99):.0f} ms"
-            for st in steps
-        )
+        f.note = f"steps (of {os.cpu_count()} cores): " + "; ".join(st.describe() for st in steps)
         sustained = [st for st in steps if st.sustained]
         if sustained:
             f.p50_ms, f.p99_ms = round(sustained[-1].p(50), 1), round(sustained[-1].p(99), 1)
@@ -176,7 +172,8 @@ class Bench:
             f"open-loop at {half:.1f} orders/s, {len(runs)} steps of {s.p99_s:.0f} s pooled (each step's p99: "
             + ", ".join(f"{run.p(99):.0f}" for run in runs)
             + f" ms); {sum(run.posted for run in runs)}/{sum(run.sent for run in runs)} entries posted,"
-            f" {sum(run.errors for run in runs)} errors"
+            f" {sum(run.errors for run in runs)} errors; {statistics.fmean(run.busy_cores for run in runs):.2f} of"
+            f" {os.cpu_count()} cores busy"
         )
         self._set("order_to_ledger_p99", mode, p99)
 

@@ -131,6 +131,18 @@ class Step:
     def p(self, q: float) -> float:
         return percentile(self.latencies_ms, q)
 
+    @property
+    def busy_cores(self) -> float:
+        """The cores the stack's processes (the load generator included) kept busy over the step; what the
+        hypervisor stole is not ours."""
+        return sum(cores for name, cores in self.cpu.items() if name != "steal")
+
+    def describe(self) -> str:
+        """One step for the report: its rate, whether it kept up (and why not), its p99, and how busy the machine was
+        (at half the highest rate kept up, the stack already keeps the machine nearly full: what makes the tail)."""
+        outcome = f"kept up (trend {self.growth_ms:+.0f} ms)" if self.sustained else "fell behind: " + self.why
+        return f"{self.rate:.1f}/s {outcome} p99 {self.p(99):.0f} ms, {self.busy_cores:.2f} cores busy"
+
 
 async def pipeline_step(http: Http, *, rate: float, seconds: float, drain_s: float = 15.0) -> Step:
     """Orders shipped in full at `rate` for `seconds`; each one's latency runs to its invoice's journal entry."""

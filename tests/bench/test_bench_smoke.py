@@ -163,6 +163,38 @@ class TestKeptUp:
 
     def test_too_few_orders_show_no_growth(self) -> None:
         assert http_pairs.latency_growth_ms([]) == 0.0
+
+
+class TestStepReport:
+    """Each pipeline step is reported with how busy it kept the machine: the tail at half the highest rate is the
+    tail of a machine nearly full, and the report shows it."""
+
+    @staticmethod
+    def _step(**changes: object) -> http_pairs.Step:
+        cpu = {"postgres": 0.62, "orders": 0.47, "kafka": 0.19, "bench": 0.1, "steal": 0.3}
+        fields: dict[str, object] = dict(
+            rate=110.8,
+            sent=1662,
+            errors=0,
+            posted=1662,
+            latencies_ms=[100.0] * 98 + [400.0, 500.0],
+            sustained=True,
+            cpu=cpu,
+            growth_ms=-12.4,
+        )
+        return http_pairs.Step(**{**fields, **changes})  # type: ignore[arg-type]
+
+    def test_the_cores_busy_are_the_processes_not_what_the_hypervisor_stole(self) -> None:
+        assert self._step().busy_cores == pytest.approx(1.38)
+
+    def test_a_step_that_kept_up_gives_its_trend_p99_and_cores(self) -> None:
+        assert self._step().describe() == "110.8/s kept up (trend -12 ms) p99 400 ms, 1.38 cores busy"
+
+    def test_a_step_that_fell_behind_says_why(self) -> None:
+        step = self._step(sustained=False, why="only 90 of 100 entries posted 15s after the load")
+        assert step.describe() == (
+            "110.8/s fell behind: only 90 of 100 entries posted 15s after the load p99 400 ms, 1.38 cores busy"
+        )
         assert http_pairs.latency_growth_ms([(1.0, 100.0), (1.0, 900.0)]) == 0.0
 
 
