@@ -163,6 +163,7 @@ class TestKeptUp:
 
     def test_too_few_orders_show_no_growth(self) -> None:
         assert http_pairs.latency_growth_ms([]) == 0.0
+        assert http_pairs.latency_growth_ms([(1.0, 100.0), (1.0, 900.0)]) == 0.0
 
 
 class TestStepReport:
@@ -195,7 +196,6 @@ class TestStepReport:
         assert step.describe() == (
             "110.8/s fell behind: only 90 of 100 entries posted 15s after the load p99 400 ms, 1.38 cores busy"
         )
-        assert http_pairs.latency_growth_ms([(1.0, 100.0), (1.0, 900.0)]) == 0.0
 
 
 class _FakeOrders:
