@@ -249,3 +249,84 @@ class TestHttpPlaceOrderKeys:
         http._keys = itertools.count()  # the keys of the run before are sent again: replays
         with pytest.raises(RuntimeError, match="a 201 must be a new order"):
             await http_pairs.throughput(http, ours=True, seconds=0.05)
+
+
+class _SlowOrders(_FakeOrders):
+    """A fake that takes a moment per request and counts how many were in flight at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight = self.most_in_flight = 0
+
+    async def request(
+        self, method: str, path: str, *, body: object = None, headers: dict[str, str]
+    ) -> tuple[int, bytes]:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0.002)
+            return await super().request(method, path, body=body, headers=headers)
+        finally:
+            self.in_flight -= 1
+
+
+class TestClientCounts:
+    """`http_place_order` measures each side at each client count and takes each where its median peaked."""
+
+    def test_the_count_with_the_highest_median_wins_not_the_one_with_the_best_run(self) -> None:
+        assert http_pairs.peak({16: [700.0, 1500.0, 710.0], 32: [760.0, 740.0, 790.0]}) == 32
+        assert http_pairs.peak({16: [1200.0, 1150.0, 1180.0], 32: [1000.0, 1300.0, 990.0]}) == 16
+
+    def test_equal_medians_keep_the_fewer_clients(self) -> None:
+        assert http_pairs.peak({32: [800.0, 810.0], 16: [805.0, 805.0]}) == 16
+
+    @pytest.mark.parametrize("clients", http_pairs.CLIENTS)
+    async def test_a_throughput_run_keeps_as_many_requests_in_flight_as_it_has_clients(self, clients: int) -> None:
+        fake = _SlowOrders()
+        run = await http_pairs.throughput(_http_against(fake), ours=True, seconds=0.1, clients=clients)
+        assert run.rate > 0
+        assert fake.most_in_flight == clients
+
+
+class _FakeService:
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name, self.log = name, log
+
+    def stop(self) -> None:
+        self.log.append(f"stop {self.name}")
+
+    def start(self) -> None:
+        self.log.append(f"start {self.name}")
+
+
+def _stack_of(log: list[str], *, behind: list[str]) -> Stack:
+    stack = Stack.__new__(Stack)
+    services = {name: _FakeService(name, log) for name in ("orders", "support", "billing", "ledger")}
+
+    def wait_ready(*, timeout: float) -> None:
+        log.append("ready")
+
+    async def caught_up(*, timeout: float) -> list[str]:
+        log.append("caught up?")
+        return behind
+
+    stack.fleet = SimpleNamespace(services=services, wait_ready=wait_ready)  # type: ignore[assignment]
+    stack.caught_up = caught_up  # type: ignore[method-assign]
+    return stack
+
+
+class TestAlone:
+    """A pair measuring one service's path runs with the other services stopped, and they catch up after it."""
+
+    async def test_only_the_named_service_runs_inside_and_the_others_are_back_and_caught_up_after(self) -> None:
+        log: list[str] = []
+        async with _stack_of(log, behind=[]).alone("orders"):
+            inside = list(log)
+        assert inside == ["stop support", "stop billing", "stop ledger"]
+        assert log[len(inside) :] == ["start support", "start billing", "start ledger", "ready", "caught up?"]
+
+    async def test_services_that_do_not_catch_up_stop_the_bench(self) -> None:
+        log: list[str] = []
+        with pytest.raises(RuntimeError, match=r"did not catch up.*group billing: lag 5"):
+            async with _stack_of(log, behind=["group billing: lag 5"]).alone("orders"):
+                pass
