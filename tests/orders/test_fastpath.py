@@ -669,7 +669,8 @@ class TestGroupCommit:
 
 @dataclass
 class SetWrites:
-    """Each place group of more than one order, written with the functions it calls counted (`set_writes`)."""
+    """Each group of more than one write (orders or shipments), written with the functions it calls counted
+    (`set_writes`)."""
 
     # The next group waits, before it is written, until this many orders wait behind it (or 5 s): the test then
     # knows exactly which orders make the group after it.
@@ -679,7 +680,7 @@ class SetWrites:
     # it was written
     seen: list[tuple[list[str], list[str], dict[str, int]]] = field(default_factory=list)
 
-    COUNTED = ("_place_group", "place_order_in_stock")
+    COUNTED = ("_place_group", "place_order_in_stock", "_ship_group", "ship_order_from_snapshot")
 
 
 @pytest.fixture
@@ -694,14 +695,14 @@ def set_writes(monkeypatch: pytest.MonkeyPatch) -> SetWrites:
         while len(self._waiting) < state.gather and loop.time() < deadline:
             await asyncio.sleep(0.005)
         state.gather = 0
-        if self.kind != "place" or len(group) == 1:
+        if len(group) == 1:
             return await original(self, pool, group)
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute("SET LOCAL track_functions = 'pl'")
             before = await _calls(conn)
             rows = await conn.fetch(fastpath.WRITE_SNAPSHOTS, *self.arguments(group))
             after = await _calls(conn)
-        ids = [w.document["order"]["id"] for w in group]
+        ids = [w.document["order"]["id"] if self.kind == "place" else w.document["order_id"] for w in group]
         calls = {name: after[name] - before.get(name, 0) for name in after if after[name] > before.get(name, 0)}
         state.seen.append(([r["outcome"] for r in rows], ids, calls))
         return [(r["outcome"], r if r["outcome"] == "stored" else None) for r in rows]
@@ -825,3 +826,83 @@ class TestGroupWrittenAsOneSet:
         assert [a.status_code for a in [first, *answers]] == [201] * 3
         assert await _stored_keys(settings, held) == 1
         assert (await product(client, sku))["reserved"] == 3
+
+
+async def _shipped_after_one(
+    client: httpx.AsyncClient,
+    state: SetWrites,
+    first: tuple[str, dict[str, int]],
+    rest: list[tuple[str, dict[str, int]]],
+) -> tuple[httpx.Response, list[tuple[httpx.Response, str]]]:
+    """`first` (order id, lines) shipped alone, and while it is written, `rest`, which then make one group; each of
+    those answers with the Idempotency-Key it was sent with."""
+    state.entered.clear()  # set by the writes of the orders placed before
+    state.gather = len(rest)
+    lone = asyncio.create_task(_ship(client, *first))
+    await asyncio.wait_for(state.entered.wait(), 5)
+    keys = [uuid.uuid4().hex for _ in rest]
+    answers = await asyncio.gather(
+        *(_ship(client, order_id, lines, key) for (order_id, lines), key in zip(rest, keys, strict=True))
+    )
+    return await lone, list(zip(answers, keys, strict=True))
+
+
+class TestShipmentsWrittenAsOneSet:
+    """A group of shipments that can all be written is written as one set (migration 0009), as a group of orders
+    is; any other group is written shipment by shipment, each with the outcome it has on its own."""
+
+    async def test_a_group_every_shipment_of_which_can_be_written_is_written_as_one_set_as_the_loop_would(
+        self, client: httpx.AsyncClient, settings: Settings, set_writes: SetWrites, locking_calls: list[str]
+    ) -> None:
+        skus = [await add_product(client, on_hand=20) for _ in range(2)]
+        orders = [await placed(client, {skus[0]: 2, skus[1]: 1}) for _ in range(5)]
+        rest = [(o["id"], {skus[0]: 2, skus[1]: 1} if n % 2 else {skus[0]: 1}) for n, o in enumerate(orders[1:])]
+        first, answers = await _shipped_after_one(client, set_writes, (orders[0]["id"], {skus[0]: 2}), rest)
+        assert [a.status_code for a in [first, *(a for a, _ in answers)]] == [201] * 5, [a.text for a, _ in answers]
+        assert locking_calls == []
+        [(outcomes, ids, calls)] = set_writes.seen
+        assert outcomes == ["written"] * 4
+        assert calls == {"_ship_group": 1}  # no shipment of it written on its own
+        assert sorted(ids) == sorted(order_id for order_id, _ in rest)
+
+        shipped = [2 + 1 + 2 + 1 + 2, 0 + 0 + 1 + 0 + 1]  # per sku: the first shipment, then the group's
+        for sku, out in zip(skus, shipped, strict=True):
+            shown = await product(client, sku)
+            assert (shown["on_hand"], shown["reserved"]) == (20 - out, 5 * (2 if sku == skus[0] else 1) - out)
+        for (order_id, lines), (answer, key) in zip(rest, answers, strict=True):
+            assert await get_order(client, order_id) == answer.json()
+            assert answer.json()["status"] == ("shipped" if len(lines) == 2 else "partially_shipped")
+            again = await _ship(client, order_id, lines, key)
+            assert again.headers.get("idempotent-replayed") == "true" and again.content == answer.content
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            published = await conn.fetch(
+                "SELECT o.key, o.payload, e.data, e.type FROM outbox o JOIN order_events e USING (event_id)"
+                " WHERE o.key = ANY($1::text[]) AND e.type = 'OrderShipped' ORDER BY o.seq",
+                ids,
+            )
+            shipments = await conn.fetchval("SELECT count(*) FROM shipments WHERE order_id = ANY($1::uuid[])", ids)
+        finally:
+            await conn.close()
+        assert [r["key"] for r in published] == ids  # in the group's order, as the loop writes them
+        assert all(orjson.loads(r["payload"]) == orjson.loads(r["data"]) for r in published)
+        assert shipments == 4
+
+    async def test_a_group_shipping_one_order_twice_is_written_shipment_by_shipment(
+        self, client: httpx.AsyncClient, set_writes: SetWrites, locking_calls: list[str]
+    ) -> None:
+        sku = await add_product(client, on_hand=20)
+        lone, twice, other = [await placed(client, {sku: 2}) for _ in range(3)]
+        rest = [(twice["id"], {sku: 1}), (twice["id"], {sku: 1}), (other["id"], {sku: 2})]
+        first, answers = await _shipped_after_one(client, set_writes, (lone["id"], {sku: 2}), rest)
+        assert [a.status_code for a in [first, *(a for a, _ in answers)]] == [201] * 4, [a.text for a, _ in answers]
+        [(outcomes, _, calls)] = set_writes.seen
+        # both shipments of `twice` read it before either was written: the second no longer holds, and the locking
+        # path ships it
+        assert sorted(outcomes) == ["stale", "written", "written"]
+        assert calls == {"ship_order_from_snapshot": 2}  # the set raised; so did the stale shipment
+        assert locking_calls == ["shipments"]
+        for order in (lone, twice, other):
+            assert (await get_order(client, order["id"]))["status"] == "shipped"
+        shown = await product(client, sku)
+        assert (shown["on_hand"], shown["reserved"]) == (20 - 6, 0)
