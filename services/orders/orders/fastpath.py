@@ -300,7 +300,7 @@ async def _write_single(
     return "written", None
 
 
-# A group's write (migrations 0006 to 0008): one row per write of the group, in order.
+# A group's write (migrations 0006 to 0009): one row per write of the group, in order.
 WRITE_SNAPSHOTS = "SELECT * FROM write_snapshots($1, $2::jsonb, $3::bytea[], $4::bytea[], $5::integer[])"
 
 
@@ -319,9 +319,9 @@ class GroupCommit:
     One group of each kind is written at a time per process; the orders arriving meanwhile wait and make the next
     group, up to MAX_ORDERS. Under a trickle a group is one order, written by the single statement itself
     (`_write_alone`); under load, the commit (a WAL flush), the round trip and the statement's overhead are shared.
-    A group of orders is first written as one set, each table by one statement (migration 0008), when every order of
-    it can be written; otherwise, and for shipments, each write of a group is made in a savepoint of its own, so one
-    that cannot be written leaves the others as they are. Its outcome is
+    A group is first written as one set, each table by one statement (migration 0008 for orders, 0009 for
+    shipments), when every write of it can be made; otherwise each write of the group is made in a savepoint of its
+    own, so one that cannot be written leaves the others as they are. Its outcome is
     'written', 'stored' (the answer already stored under its key) or why it was not written ('stale', 'deadlock',
     'busy', 'failed'), and the caller then decides it as without a group. A group the server refused as a whole
     wrote nothing: each of its orders comes back with outcome 'retry', to be written on its own. A group whose fate
