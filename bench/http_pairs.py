@@ -32,7 +32,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # the count where its median peaked (`peak`). One fixed count measures a server at its capacity only if that count
 # keeps it busy: the bare app peaks at 16 (its event loop full, 0.88 of a core), while ours, whose group commit
 # writes the orders arriving while the previous group is written, left a third of the machine idle at 16 (its
-# groups are half the clients: 8 orders, every 10 ms) and served about a tenth more at 32.
+# groups are half the clients: 8 orders, every 10 ms) and served a fifth to a third more at 32 (two full benches
+# on 2026-11-30: 715-796/s at 16, 938-989/s at 32).
 CLIENTS = (16, 32)
 
 

@@ -108,8 +108,8 @@ class Stack:
 
     @asynccontextmanager
     async def alone(self, name: str, *, catch_up_s: float = 300.0) -> AsyncIterator[None]:
-        """Of the services, only `name` runs inside the block: the others are stopped, then started again after it
-        and given time to catch up (every outbox sent, every consumer group's lag back to zero).
+        """Of the services, only `name` runs inside the block: the others are stopped, then, once it has completed,
+        started again and given time to catch up (every outbox sent, every consumer group's lag back to zero).
 
         For a pair that measures one service's own path: on two cores, the services that consume its events would
         otherwise take their share of the CPU from it (billing and support used 0.15 of a core while `POST /orders`
