@@ -30,11 +30,12 @@ TOKEN = issue_token(
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # The keep-alive clients of the throughput runs: each side is measured at each count, and its throughput is that of
 # the count where its median peaked (`peak`). One fixed count measures a server at its capacity only if that count
-# keeps it busy: the bare app peaks at 16 (its event loop full, 0.88 of a core), while ours, whose group commit
-# writes the orders arriving while the previous group is written, left a third of the machine idle at 16 (its
-# groups are half the clients: 8 orders, every 10 ms) and served a fifth to a third more at 32 (two full benches
-# on 2026-11-30: 715-796/s at 16, 938-989/s at 32).
-CLIENTS = (16, 32)
+# keeps it busy: the bare app peaks at 16 (its event loop full, 0.88 of a core) and serves less with more clients,
+# while ours, whose group commit writes the orders arriving while the previous group is written, left a third of the
+# machine idle at 16 (its groups are half the clients: 8 orders, every 10 ms). Ours served 715-796/s at 16 and
+# 938-989/s at 32 in the full benches of 2026-11-30, and 1008-1167/s at 64 in a probe (groups of 24, the most a
+# group takes), where the baseline served 1090-1253/s against about 1300 at 16.
+CLIENTS = (16, 32, 64)
 
 
 def order_body(n: int, *, customer: str) -> dict[str, object]:
