@@ -130,15 +130,8 @@ class Stack:
     async def caught_up(self, *, timeout: float) -> list[str]:
         """Waits until every service's outbox is sent and every consumer group's lag is zero; what is still behind
         at `timeout` (empty once caught up)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            backlogs = [await ops.outbox_backlog(s, self.dsn(s)) for s in SERVICES]
-            lags = await ops.group_lag(self.bootstrap)
-            behind = [f"outbox {b.service}: {b.unsent}" for b in backlogs if b.unsent]
-            behind += [f"group {g.group}: lag {g.lag}" for g in lags if g.lag]
-            if not behind or time.monotonic() > deadline:
-                return behind
-            await asyncio.sleep(0.5)
+        _, behind = await ops.wait_caught_up(self.bootstrap, {s: self.dsn(s) for s in SERVICES}, timeout=timeout)
+        return behind
 
     def processes(self) -> dict[str, list[int]]:
         """Top pids of every process of the stack, by name (children are counted with them)."""

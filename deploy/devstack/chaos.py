@@ -302,26 +302,6 @@ async def restart(stack: Stack, target: str, report: Report, *, attempts: int = 
             await asyncio.sleep(1)
 
 
-async def wait_caught_up(stack: Stack, *, timeout: float) -> tuple[float, list[str]]:
-    """Seconds until every outbox is empty and every group's lag is zero; the groups still behind at timeout."""
-    started = time.monotonic()
-    behind: list[str] = []
-    while time.monotonic() - started < timeout:
-        try:
-            backlogs = [await ops.outbox_backlog(s, stack.dsn[s]) for s in SERVICES]
-            lags = await ops.group_lag(stack.broker.bootstrap)
-        except (OSError, asyncpg.PostgresError, Exception):  # noqa: BLE001 - a component may still be starting
-            await asyncio.sleep(1)
-            continue
-        behind = [f"outbox {b.service}: {b.unsent}" for b in backlogs if b.unsent] + [
-            f"group {g.group}: lag {g.lag}" for g in lags if g.lag
-        ]
-        if not behind:
-            return time.monotonic() - started, []
-        await asyncio.sleep(0.5)
-    return time.monotonic() - started, behind
-
-
 async def check(stack: Stack, load: Load, report: Report) -> None:
     billing = await asyncpg.connect(stack.dsn["billing"])
     ledger = await asyncpg.connect(stack.dsn["ledger"])
@@ -443,7 +423,8 @@ async def run(
         async with httpx.AsyncClient(timeout=10) as client:
             await load.pay_open_invoices(client, time.monotonic() + 300)
         report.acknowledged_payments = len(load.payments)
-        report.max_catch_up_s, report.consumers_stuck = await wait_caught_up(stack, timeout=300)
+        caught_up = await ops.wait_caught_up(stack.broker.bootstrap, stack.dsn, timeout=300)
+        report.max_catch_up_s, report.consumers_stuck = caught_up
         report.problems += load.problems
         await check(stack, load, report)
     finally:

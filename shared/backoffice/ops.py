@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import asyncpg
@@ -86,6 +89,26 @@ async def outbox_backlog(service: str, dsn: str) -> OutboxBacklog:
         return OutboxBacklog(service, int(row["n"]), float(row["age"]))
     finally:
         await conn.close()
+
+
+async def wait_caught_up(bootstrap: str, dsns: Mapping[str, str], *, timeout: float) -> tuple[float, list[str]]:
+    """Seconds until every outbox (`dsns`: service -> its database) is sent and every consumer group's lag is zero,
+    and what is still behind at `timeout` (empty once caught up). A component still starting counts as behind."""
+    started = time.monotonic()
+    behind: list[str] = []
+    while time.monotonic() - started < timeout:
+        try:
+            backlogs = [await outbox_backlog(service, dsn) for service, dsn in dsns.items()]
+            lags = await group_lag(bootstrap)
+        except Exception:  # noqa: BLE001 - a component may still be starting
+            await asyncio.sleep(1)
+            continue
+        behind = [f"outbox {b.service}: {b.unsent}" for b in backlogs if b.unsent]
+        behind += [f"group {g.group}: lag {g.lag}" for g in lags if g.lag]
+        if not behind:
+            return time.monotonic() - started, []
+        await asyncio.sleep(0.5)
+    return time.monotonic() - started, behind
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -721,6 +722,18 @@ async def _calls(conn: Any) -> dict[str, int]:
     return {r["funcname"]: r["calls"] for r in rows}
 
 
+async def _after_one(
+    state: SetWrites, lone: Awaitable[httpx.Response], rest: list[Awaitable[httpx.Response]]
+) -> tuple[httpx.Response, list[httpx.Response]]:
+    """`lone` sent alone, and while it is written, `rest`, which then make one group (`SetWrites.gather`)."""
+    state.entered.clear()  # set by any write made before
+    state.gather = len(rest)
+    first = asyncio.ensure_future(lone)
+    await asyncio.wait_for(state.entered.wait(), 5)
+    answers = await asyncio.gather(*rest)
+    return await first, list(answers)
+
+
 async def _placed_after_one(
     client: httpx.AsyncClient,
     state: SetWrites,
@@ -730,13 +743,11 @@ async def _placed_after_one(
     customer: str = "",
 ) -> tuple[httpx.Response, list[httpx.Response]]:
     """`first` placed alone, and while it is written, `rest` (lines, headers), which then make one group."""
-    state.gather = len(rest)
-    lone = asyncio.create_task(place(client, first, headers=keyed()))
-    await asyncio.wait_for(state.entered.wait(), 5)
-    answers = await asyncio.gather(
-        *(place(client, lines, customer=customer or None, headers=headers) for lines, headers in rest)
+    return await _after_one(
+        state,
+        place(client, first, headers=keyed()),
+        [place(client, lines, customer=customer or None, headers=headers) for lines, headers in rest],
     )
-    return await lone, list(answers)
 
 
 class TestGroupWrittenAsOneSet:
@@ -836,15 +847,13 @@ async def _shipped_after_one(
 ) -> tuple[httpx.Response, list[tuple[httpx.Response, str]]]:
     """`first` (order id, lines) shipped alone, and while it is written, `rest`, which then make one group; each of
     those answers with the Idempotency-Key it was sent with."""
-    state.entered.clear()  # set by the writes of the orders placed before
-    state.gather = len(rest)
-    lone = asyncio.create_task(_ship(client, *first))
-    await asyncio.wait_for(state.entered.wait(), 5)
     keys = [uuid.uuid4().hex for _ in rest]
-    answers = await asyncio.gather(
-        *(_ship(client, order_id, lines, key) for (order_id, lines), key in zip(rest, keys, strict=True))
+    lone, answers = await _after_one(
+        state,
+        _ship(client, *first),
+        [_ship(client, order_id, lines, key) for (order_id, lines), key in zip(rest, keys, strict=True)],
     )
-    return await lone, list(zip(answers, keys, strict=True))
+    return lone, list(zip(answers, keys, strict=True))
 
 
 class TestShipmentsWrittenAsOneSet:
