@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import uvloop
 
@@ -59,6 +59,12 @@ class Sizes:
         if quick:
             return cls(1, 300, 300, 120, 2.0, 2.0, 3.0, 3.0, 1)
         return cls(5, 10000, 6000, 2400, 8.0, 8.0, 8.0, 15.0, 3)
+
+
+class Latency(Protocol):
+    """One side's latencies (ms) open-loop at `rate` for `seconds`."""
+
+    def __call__(self, *, ours: bool, rate: float, seconds: float) -> Awaitable[list[float]]: ...
 
 
 def say(text: str) -> None:
@@ -107,7 +113,9 @@ class Bench:
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait()
-            self._set("outbox_relay", mode, _timed_figures("outbox_relay", mine, theirs))
+            f = _timed_figures("outbox_relay", mine, theirs)
+            await self._latency(f, relay.latency, "until a reader of the topic has the event")
+            self._set("outbox_relay", mode, f)
         if self.wanted("consumer_apply"):
             consumer = ConsumerBench(self.stack, await self.stack.database("bench_consumer"))
             spy = self._profile(f"consumer_apply-{mode}", 60)
@@ -115,14 +123,36 @@ class Bench:
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait()
-            self._set("consumer_apply", mode, _timed_figures("consumer_apply", mine, theirs))
+            f = _timed_figures("consumer_apply", mine, theirs)
+            await self._latency(f, consumer.latency, "from the send until its effect row is written")
+            self._set("consumer_apply", mode, f)
         if self.wanted("ledger_post", "ledger_post_hot_account"):
             ledger = await LedgerBench.create(self.stack)
             mine, theirs = await alternate(s, ledger.ours, ledger.baseline, s.ledger_entries)
-            self._set("ledger_post", mode, _timed_figures("ledger_post", mine, theirs))
+            f = _timed_figures("ledger_post", mine, theirs)
+            await self._latency(f, ledger.latency, "until its transaction committed")
+            self._set("ledger_post", mode, f)
             hot = [await ledger.ours(s.ledger_entries, hot=True) for _ in range(s.repeats)]
-            self._set("ledger_post_hot_account", mode, _timed_figures("ledger_post_hot_account", hot, mine))
-            self.pairs["ledger_post_hot_account"].modes[mode].note = "baseline: ours, spread over many accounts"
+            f = _timed_figures("ledger_post_hot_account", hot, mine)
+
+            async def hot_or_spread(*, ours: bool, rate: float, seconds: float) -> list[float]:
+                return await ledger.latency(ours=True, hot=ours, rate=rate, seconds=seconds)
+
+            await self._latency(f, hot_or_spread, "until its transaction committed; baseline: ours, spread")
+            f.note = "baseline: ours, spread over many accounts; " + f.note
+            self._set("ledger_post_hot_account", mode, f)
+
+    async def _latency(self, f: report.Figures, measure: Latency, what: str) -> None:
+        """p50/p99 of a throughput pair: each side open-loop at half of ours' throughput, for `latency_s`."""
+        rate = f.ours / 2
+        mine = await measure(ours=True, rate=rate, seconds=self.sizes.latency_s)
+        theirs = await measure(ours=False, rate=rate, seconds=self.sizes.latency_s)
+        f.p50_ms, f.p99_ms = round(percentile(mine, 50), 1), round(percentile(mine, 99), 1)
+        f.baseline_p50_ms, f.baseline_p99_ms = round(percentile(theirs, 50), 1), round(percentile(theirs, 99), 1)
+        f.note = (
+            f"p50/p99 open-loop at {rate:.0f}/s (half of ours' throughput) in ticks of 10 ms,"
+            f" from each one's due time {what}"
+        )
 
     async def http(self, mode: str, client: http_pairs.Http) -> None:
         async with self.stack.alone("orders"):  # billing, support and the ledger stopped: the path is orders'

@@ -24,6 +24,7 @@ from backoffice import db, events
 from backoffice.db import Conn
 from backoffice.envelope import Envelope
 from backoffice.settings import ServiceSettings
+from bench.loadgen import paced
 from bench.messaging import Timed
 from bench.stack import CpuMeter, Stack
 from ledger import domain, handlers
@@ -32,6 +33,7 @@ WORKERS = 4
 BATCH = 100
 EXPENSE_ACCOUNTS = [f"61{n:02d}" for n in range(32)]
 MIGRATIONS = Path(ledger.__file__).parent / "migrations"
+Apply = Callable[[Conn, Sequence[Any]], Awaitable[None]]
 
 
 def _spread(n: int) -> events.Event:
@@ -170,9 +172,37 @@ class LedgerBench:
             await conn.close()
         return cls(stack, dsn)
 
-    async def _run(self, items: Sequence[Any], apply: Callable[[Conn, Sequence[Any]], Awaitable[None]]) -> Timed:
-        """`items` in transactions of BATCH, each applied by one call of `apply` (as a consumer's poll is)."""
-        pool = await db.create_pool(ServiceSettings(database_url=self.dsn, db_pool_max=WORKERS, db_pool_min=WORKERS))
+    def _side(self, count: int, *, hot: bool, ours: bool) -> tuple[list[Any], Apply]:
+        """What one side posts, prepared, and how it posts a transaction's share of it. Ours hands the events to the
+        handler as one run (as the consumer hands over the fresh events of a poll); the baseline inserts the entries,
+        built beforehand, one at a time."""
+        if ours:
+
+            async def post(conn: Conn, run: Sequence[Envelope]) -> None:
+                await handlers.on_billing_events(conn, list(run))
+
+            return list(envelopes(count, hot=hot)), post
+        entries = []
+        for env in envelopes(count, hot=hot):
+            draft = domain.posting_for(env.event, occurred_at=env.time)
+            assert draft is not None
+            entries.append(
+                domain.post(draft, entry_id=uuid.uuid4(), posted_at=events.now(), source_event_id=uuid.UUID(env.id))
+            )
+
+        async def insert(conn: Conn, run: Sequence[domain.Entry]) -> None:
+            for entry in run:
+                await _bare_insert(conn, entry)
+
+        return entries, insert
+
+    def _pool(self) -> Awaitable[asyncpg.Pool]:
+        return db.create_pool(ServiceSettings(database_url=self.dsn, db_pool_max=WORKERS, db_pool_min=WORKERS))
+
+    async def throughput(self, count: int, *, hot: bool = False, ours: bool = True) -> Timed:
+        """All `count` posted by WORKERS connections in transactions of BATCH, each one call of the side's apply."""
+        items, apply = self._side(count, hot=hot, ours=ours)
+        pool = await self._pool()
         chunks = iter([items[i : i + BATCH] for i in range(0, len(items), BATCH)])
 
         async def worker() -> None:
@@ -189,22 +219,26 @@ class LedgerBench:
             await pool.close()
 
     async def ours(self, count: int, *, hot: bool = False) -> Timed:
-        async def post(conn: Conn, run: Sequence[Envelope]) -> None:
-            await handlers.on_billing_events(conn, list(run))  # the run of a poll, as the consumer hands it over
-
-        return await self._run(envelopes(count, hot=hot), post)
+        return await self.throughput(count, hot=hot, ours=True)
 
     async def baseline(self, count: int, *, hot: bool = False) -> Timed:
-        entries = []
-        for env in envelopes(count, hot=hot):
-            draft = domain.posting_for(env.event, occurred_at=env.time)
-            assert draft is not None
-            entries.append(
-                domain.post(draft, entry_id=uuid.uuid4(), posted_at=events.now(), source_event_id=uuid.UUID(env.id))
-            )
+        return await self.throughput(count, hot=hot, ours=False)
 
-        async def insert(conn: Conn, run: Sequence[domain.Entry]) -> None:
-            for entry in run:
-                await _bare_insert(conn, entry)
+    async def latency(self, *, ours: bool, rate: float, seconds: float, hot: bool = False) -> list[float]:
+        """ms from each entry's due time (`paced`, in ticks of 10 ms) until the transaction that posted it committed:
+        each tick's entries in one transaction on one of WORKERS connections (a tick that finds them all busy
+        waits, and that wait is in its latency)."""
+        items, apply = self._side(max(1, int(rate * seconds)), hot=hot, ours=ours)
+        pool = await self._pool()
+        latencies: list[float] = []
 
-        return await self._run(entries, insert)
+        async def post(numbers: range, at: float) -> None:
+            async with pool.acquire() as conn, conn.transaction():
+                await apply(conn, [items[n] for n in numbers])
+            latencies.extend([(time.time() - at) * 1000] * len(numbers))
+
+        try:
+            await paced(post, rate=rate, seconds=seconds)
+        finally:
+            await pool.close()
+        return latencies

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from backoffice import db, events, outbox
@@ -19,6 +20,8 @@ from backoffice.consumer import Consumer
 from backoffice.db import Conn
 from backoffice.envelope import Envelope, encode
 from backoffice.settings import ServiceSettings
+from backoffice.topics import events_topic
+from bench.loadgen import paced
 from bench.stack import PARTITIONS, CpuMeter, Stack
 
 Record = tuple[str, bytes, bytes, list[tuple[str, bytes]]]  # topic, key, value, headers
@@ -82,33 +85,44 @@ class RelayBench:
             for start in range(0, count, 1000):
                 await outbox.append_many(conn, [order_placed(n) for n in range(start, min(count, start + 1000))])
 
-    async def ours(self, count: int) -> Timed:
-        settings = ServiceSettings(database_url=self.dsn, db_pool_min=1, db_pool_max=1)
-        relay = outbox.Relay(  # as a service runs it (service.py)
+    @contextlib.asynccontextmanager
+    async def _relaying(self, pool_size: int) -> AsyncIterator[asyncpg.Pool]:
+        """The relay running as a service runs it (service.py), every lane held, and a service's pool to write with:
+        its connections' release wakes the relay."""
+        settings = ServiceSettings(database_url=self.dsn, db_pool_min=1, db_pool_max=pool_size)
+        relay = outbox.Relay(
             dsn=self.dsn,
             bootstrap=self.stack.bootstrap,
             topic_prefix=self.prefix,
+            batch_size=settings.outbox_batch_size,
             poll_interval=settings.outbox_poll_interval_s,
+            min_cycle=settings.outbox_min_cycle_ms / 1000,
         )
         task = asyncio.create_task(relay.run())
-        conn = await asyncpg.connect(self.dsn)
         writers = await db.create_pool(settings)
         try:
-            await conn.execute("TRUNCATE outbox")
             await wait_until(lambda: _true(len(relay.lanes) == outbox.LANES and relay.kafka_ok), timeout=60)
-            meter = CpuMeter(self.stack.processes())
-            async with writers.acquire() as writer:  # a service's pool: its release wakes the relay
-                await self._fill(writer, count)
-            started = time.perf_counter()
-            await wait_until(lambda: _unsent_zero(conn), timeout=300)
-            rate = count / (time.perf_counter() - started)
-            return Timed(rate, meter.cores())
+            yield writers
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             await relay.stop()
-            await conn.close()
             await writers.close()
+
+    async def ours(self, count: int) -> Timed:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            await conn.execute("TRUNCATE outbox")
+            async with self._relaying(1) as writers:
+                meter = CpuMeter(self.stack.processes())
+                async with writers.acquire() as writer:
+                    await self._fill(writer, count)
+                started = time.perf_counter()
+                await wait_until(lambda: _unsent_zero(conn), timeout=300)
+                rate = count / (time.perf_counter() - started)
+                return Timed(rate, meter.cores())
+        finally:
+            await conn.close()
 
     async def baseline(self, count: int) -> Timed:
         conn = await asyncpg.connect(self.dsn)
@@ -126,16 +140,104 @@ class RelayBench:
             )
             for r in rows
         ]
-        producer = outbox.new_producer(self.stack.bootstrap)  # the plain aiokafka idempotent producer
-        await producer.start()
-        try:
+        async with started_producer(self.stack.bootstrap) as producer:
             meter = CpuMeter(self.stack.processes())
             started = time.perf_counter()
             futures = [await producer.send(t, value=v, key=k, headers=h) for t, k, v, h in records]
             await asyncio.gather(*futures)
             return Timed(count / (time.perf_counter() - started), meter.cores())
+
+    async def latency(self, *, ours: bool, rate: float, seconds: float) -> list[float]:
+        """ms from each event's due time (`paced`, in ticks of 10 ms) until a reader of the topic has it. Ours: each
+        tick's events committed to the outbox in one transaction of a service's pool, published by the relay; the
+        baseline: the same bytes sent by the bare producer."""
+        topic = events_topic(order_placed(0).service, prefix=self.prefix)
+        due: dict[bytes, float] = {}
+
+        async with Tail(self.stack.bootstrap, topic) as tail:
+            if ours:
+                async with self._relaying(4) as writers:
+
+                    async def commit(items: range, at: float) -> None:
+                        envs = [Envelope.wrap(order_placed(n)) for n in items]
+                        due.update((env.subject.encode(), at) for env in envs)
+                        async with writers.acquire() as conn, conn.transaction():
+                            await outbox.append_many(conn, envs)
+
+                    await paced(commit, rate=rate, seconds=seconds)
+                    await tail.until(due, timeout=60)
+            else:
+                async with started_producer(self.stack.bootstrap) as producer:
+
+                    async def send(items: range, at: float) -> None:
+                        sent = []
+                        for n in items:
+                            key, value, headers = encode(Envelope.wrap(order_placed(n)))
+                            due[key] = at
+                            sent.append(await producer.send(topic, value=value, key=key, headers=headers))
+                        await asyncio.gather(*sent)
+
+                    await paced(send, rate=rate, seconds=seconds)
+                    await tail.until(due, timeout=60)
+            return [(tail.seen[key] - at) * 1000 for key, at in due.items()]
+
+
+class Tail:
+    """Reads a topic from its end on, without a group, noting when each record key first arrived (`time.time()`)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.topic = topic
+        self.bootstrap = bootstrap
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100)
+        self.seen: dict[bytes, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Tail:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=15000)
+        await admin.start()
+        try:
+            (described,) = await admin.describe_topics([self.topic])
         finally:
-            await producer.stop()
+            await admin.close()
+        partitions = [TopicPartition(self.topic, p["partition"]) for p in described["partitions"]]
+        if not partitions:
+            raise RuntimeError(f"topic {self.topic} has no partitions")
+        await self.consumer.start()
+        self.consumer.assign(partitions)
+        await self.consumer.seek_to_end(*partitions)
+        for tp in partitions:
+            await self.consumer.position(tp)  # resolved now: nothing sent from here on is skipped
+        self._task = asyncio.create_task(self._read())
+        return self
+
+    async def _read(self) -> None:
+        while True:
+            batches = await self.consumer.getmany(timeout_ms=100)
+            now = time.time()
+            for records in batches.values():
+                for record in records:
+                    if record.key is not None:
+                        self.seen.setdefault(record.key, now)
+
+    async def until(self, keys: dict[bytes, float], *, timeout: float) -> None:
+        await wait_until(lambda: _true(all(key in self.seen for key in keys)), timeout=timeout)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.consumer.stop()
+
+
+@contextlib.asynccontextmanager
+async def started_producer(bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    """The plain aiokafka idempotent producer every service publishes with, started."""
+    producer = outbox.new_producer(bootstrap)
+    await producer.start()
+    try:
+        yield producer
+    finally:
+        await producer.stop()
 
 
 async def _true(value: bool) -> bool:
@@ -156,7 +258,8 @@ INSERT_EFFECT = "INSERT INTO bench_effects (event_id, run) VALUES ($1, $2)"
 
 
 class ConsumerBench:
-    """Records already on a topic, applied by the service consumer (inbox + effect row) vs a plain consumer loop."""
+    """Records on a topic applied by the service consumer (inbox + effect row) vs a plain consumer loop: a backlog
+    already on the topic for the throughput, records sent at a constant rate for the latency."""
 
     def __init__(self, stack: Stack, dsn: str) -> None:
         self.stack = stack
@@ -164,38 +267,36 @@ class ConsumerBench:
 
     async def _produce(self, count: int) -> str:
         topic = await create_topic(self.stack, f"bench-consume-{uuid.uuid4().hex[:8]}")
-        producer = outbox.new_producer(self.stack.bootstrap)
-        await producer.start()
-        try:
+        async with started_producer(self.stack.bootstrap) as producer:
             futures = []
             for n in range(count):
                 key, value, headers = encode(Envelope(event=order_placed(n)))
                 futures.append(await producer.send(topic, value=value, key=key, headers=headers))
             await asyncio.gather(*futures)
-        finally:
-            await producer.stop()
         return topic
 
-    async def _measure(self, pool: asyncpg.Pool, run: str, count: int, meter: CpuMeter) -> Timed:
-        async def all_applied() -> bool:
-            return bool(await pool.fetchval("SELECT count(*) FROM bench_effects WHERE run = $1", run) >= count)
-
-        await wait_until(all_applied, timeout=600, interval=0.05)
-        cpu = meter.cores()
-        span = await pool.fetchrow("SELECT max(applied_at) - min(applied_at) FROM bench_effects WHERE run = $1", run)
-        assert span is not None
-        seconds = max(span[0].total_seconds(), 1e-6)
-        return Timed((count - 1) / seconds, cpu)
-
-    async def ours(self, count: int) -> Timed:
-        topic = await self._produce(count)
+    @contextlib.asynccontextmanager
+    async def _consuming(self, topic: str, *, ours: bool) -> AsyncIterator[tuple[asyncpg.Pool, str]]:
+        """One side's consumer applying `topic` from its start (its own group), and the pool and run its effect rows
+        are written with."""
         run = uuid.uuid4().hex
+        pool = await db.create_pool(ServiceSettings(database_url=self.dsn))
+        await pool.execute(EFFECTS)
+        if ours:
+            task = asyncio.create_task(self._ours(pool, topic, run))
+        else:
+            task = asyncio.create_task(self._baseline(pool, topic, run))
+        try:
+            yield pool, run
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await pool.close()
 
+    async def _ours(self, pool: asyncpg.Pool, topic: str, run: str) -> None:
         async def effect(conn: Conn, envelope: Envelope) -> None:
             await conn.execute(INSERT_EFFECT, envelope.id, run)
 
-        pool = await db.create_pool(ServiceSettings(database_url=self.dsn))
-        await pool.execute(EFFECTS)
         consumer = Consumer(
             group=f"bench-{run}",
             topics=[topic],
@@ -203,21 +304,12 @@ class ConsumerBench:
             bootstrap=self.stack.bootstrap,
             handlers={events.OrderPlaced: effect},
         )
-        meter = CpuMeter(self.stack.processes())
-        task = asyncio.create_task(consumer.run())
         try:
-            return await self._measure(pool, run, count, meter)
+            await consumer.run()
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
             await consumer.stop()
-            await pool.close()
 
-    async def baseline(self, count: int) -> Timed:
-        topic = await self._produce(count)
-        run = uuid.uuid4().hex
-        pool = await db.create_pool(ServiceSettings(database_url=self.dsn))
-        await pool.execute(EFFECTS)
+    async def _baseline(self, pool: asyncpg.Pool, topic: str, run: str) -> None:
         consumer = AIOKafkaConsumer(
             topic,
             bootstrap_servers=self.stack.bootstrap,
@@ -228,8 +320,7 @@ class ConsumerBench:
             isolation_level="read_committed",
         )
         await consumer.start()
-
-        async def loop() -> None:
+        try:
             while True:
                 batches = await consumer.getmany(timeout_ms=500, max_records=500)
                 for tp, records in batches.items():
@@ -238,13 +329,55 @@ class ConsumerBench:
                             ce_id = next(v for k, v in record.headers if k == "ce_id").decode()
                             await conn.execute(INSERT_EFFECT, ce_id, run)
                     await consumer.commit({tp: records[-1].offset + 1})
-
-        meter = CpuMeter(self.stack.processes())
-        task = asyncio.create_task(loop())
-        try:
-            return await self._measure(pool, run, count, meter)
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
             await consumer.stop()
-            await pool.close()
+
+    async def _throughput(self, count: int, *, ours: bool) -> Timed:
+        topic = await self._produce(count)
+        meter = CpuMeter(self.stack.processes())
+        async with self._consuming(topic, ours=ours) as (pool, run):
+            await _applied(pool, run, count)
+            cpu = meter.cores()
+            span = await pool.fetchrow(
+                "SELECT max(applied_at) - min(applied_at) FROM bench_effects WHERE run = $1", run
+            )
+        assert span is not None
+        seconds = max(span[0].total_seconds(), 1e-6)
+        return Timed((count - 1) / seconds, cpu)
+
+    async def ours(self, count: int) -> Timed:
+        return await self._throughput(count, ours=True)
+
+    async def baseline(self, count: int) -> Timed:
+        return await self._throughput(count, ours=False)
+
+    async def latency(self, *, ours: bool, rate: float, seconds: float) -> list[float]:
+        """ms from each record's due time (`paced`, in ticks of 10 ms; sent by the bare producer) until its effect row
+        was written (`applied_at`), once the consumer has joined its group and applied a first record."""
+        topic = await create_topic(self.stack, f"bench-consume-{uuid.uuid4().hex[:8]}")
+        due: dict[str, float] = {}
+        async with started_producer(self.stack.bootstrap) as producer, self._consuming(topic, ours=ours) as (pool, run):
+
+            async def send(items: range, at: float) -> None:
+                sent = []
+                for n in items:
+                    env = Envelope(event=order_placed(n))
+                    key, value, headers = encode(env)
+                    due[env.id] = at
+                    sent.append(await producer.send(topic, value=value, key=key, headers=headers))
+                await asyncio.gather(*sent)
+
+            await send(range(1), time.time())
+            await _applied(pool, run, 1)
+            due.clear()
+            count = 1 + await paced(send, rate=rate, seconds=seconds)
+            await _applied(pool, run, count)
+            rows = await pool.fetch("SELECT event_id::text, applied_at FROM bench_effects WHERE run = $1", run)
+        return [(r["applied_at"].timestamp() - due[r["event_id"]]) * 1000 for r in rows if r["event_id"] in due]
+
+
+async def _applied(pool: asyncpg.Pool, run: str, count: int) -> None:
+    async def done() -> bool:
+        return bool(await pool.fetchval("SELECT count(*) FROM bench_effects WHERE run = $1", run) >= count)
+
+    await wait_until(done, timeout=600, interval=0.05)

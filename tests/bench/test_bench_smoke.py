@@ -13,12 +13,15 @@ import time
 from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 
+import asyncpg
 import pytest
 
 from backoffice.db import SHARED_MIGRATIONS, Migration, load_migrations, migrate_dsn
+from backoffice.topics import ensure_topics, events_topic
 from bench import http_pairs, loadgen, report
 from bench.ledger_post import LedgerBench
 from bench.loadgen import percentile
+from bench.messaging import ConsumerBench, RelayBench, Tail, started_producer
 from bench.stack import CpuMeter, Stack
 from tests.conftest import ADMIN_DSN, BOOTSTRAP
 
@@ -114,7 +117,80 @@ class TestMaxRateSearch:
         assert 100 / 1.3 < found <= 100
 
 
+class TestLatencies:
+    """Each event path's p50/p99: both sides open-loop at a rate, one latency for every item sent."""
+
+    async def test_the_ledger_pair_times_every_entry_from_its_due_time_to_its_commit(
+        self, make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
+        bench = await LedgerBench.create(_TestStack(make_database))  # type: ignore[arg-type]
+        for ours in (True, False):
+            started = time.time()
+            latencies = await bench.latency(ours=ours, rate=400, seconds=0.1)
+            assert len(latencies) == 40
+            assert all(0 < ms < (time.time() - started) * 1000 for ms in latencies)
+        posted = await _count(bench.dsn, "SELECT count(*) FROM journal_entries")
+        assert posted >= 80  # both sides' entries were written, not only timed
+
+    async def test_the_relay_pair_times_every_event_until_a_reader_has_it(
+        self, make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
+        stack = _TestStack(make_database)
+        prefix = f"benchtest-{os.urandom(4).hex()}."
+        await ensure_topics(BOOTSTRAP, prefix=prefix, partitions=2)
+        bench = RelayBench(stack, await stack.database("bench_relay"), prefix)  # type: ignore[arg-type]
+        for ours in (True, False):
+            latencies = await bench.latency(ours=ours, rate=200, seconds=0.1)
+            assert len(latencies) == 20 and all(ms > 0 for ms in latencies)
+        assert await _count(bench.dsn, "SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL") == 20
+
+    async def test_the_consumer_pair_times_every_record_until_its_effect_row(
+        self, make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
+        stack = _TestStack(make_database)
+        bench = ConsumerBench(stack, await stack.database("bench_consumer"))  # type: ignore[arg-type]
+        for ours in (True, False):
+            latencies = await bench.latency(ours=ours, rate=200, seconds=0.1)
+            assert len(latencies) == 20 and all(ms > 0 for ms in latencies)
+        assert await _count(bench.dsn, "SELECT count(*) FROM bench_effects") == 2 * (1 + 20)  # a first one each
+        assert await _count(bench.dsn, "SELECT count(*) FROM inbox") == 1 + 20  # ours' inbox, not the baseline's
+
+    async def test_a_tail_sees_only_what_is_sent_after_it_starts(self) -> None:
+        prefix = f"benchtest-{os.urandom(4).hex()}."
+        await ensure_topics(BOOTSTRAP, prefix=prefix, partitions=2)
+        topic = events_topic("orders", prefix=prefix)
+        async with started_producer(BOOTSTRAP) as producer:
+            await (await producer.send(topic, value=b"{}", key=b"before"))
+            async with Tail(BOOTSTRAP, topic) as tail:
+                await (await producer.send(topic, value=b"{}", key=b"after"))
+                await tail.until({b"after": 0.0}, timeout=30)
+                assert set(tail.seen) == {b"after"}
+
+
+async def _count(dsn: str, query: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval(query))
+    finally:
+        await conn.close()
+
+
 class TestLoadGenerator:
+    async def test_paced_hands_each_item_over_once_in_ticks_due_at_the_rate(self) -> None:
+        ticks: list[tuple[range, float, bool]] = []
+
+        async def send(items: range, due: float) -> None:
+            ticks.append((items, due, gc.isenabled()))
+            await asyncio.sleep(0.03)  # slower than a tick: the next ticks start anyway (open loop)
+
+        started = time.time()
+        sent = await loadgen.paced(send, rate=1000, seconds=0.1, tick=0.01)
+        assert sent == 100 and sorted(n for items, _, _ in ticks for n in items) == list(range(100))
+        assert len(ticks) == 10 and all(len(items) == 10 for items, _, _ in ticks)
+        dues = sorted(due for _, due, _ in ticks)
+        assert dues[0] >= started and all(b - a == pytest.approx(0.01) for a, b in itertools.pairwise(dues))
+        assert not any(enabled for _, _, enabled in ticks) and gc.isenabled()
+
     async def test_the_collector_is_paused_while_a_run_sends_and_back_after_it(self) -> None:
         enabled: list[bool] = []
 
