@@ -143,8 +143,12 @@ class Bench:
             self._set("ledger_post_hot_account", mode, f)
 
     async def _latency(self, f: report.Figures, measure: Latency, what: str) -> None:
-        """p50/p99 of a throughput pair: each side open-loop at half of ours' throughput, for `latency_s`."""
+        """p50/p99 of a throughput pair: each side open-loop at half of ours' throughput, for `latency_s`, after a
+        warm-up of each (a relay's first seconds on a new connection, and on an outbox just emptied, had a tail
+        two or three times that of the runs after it)."""
         rate = f.ours / 2
+        for ours in (True, False):
+            await measure(ours=ours, rate=rate, seconds=min(2.0, self.sizes.latency_s))
         mine = await measure(ours=True, rate=rate, seconds=self.sizes.latency_s)
         theirs = await measure(ours=False, rate=rate, seconds=self.sizes.latency_s)
         f.p50_ms, f.p99_ms = round(percentile(mine, 50), 1), round(percentile(mine, 99), 1)

@@ -24,7 +24,7 @@ from backoffice import db, events
 from backoffice.db import Conn
 from backoffice.envelope import Envelope
 from backoffice.settings import ServiceSettings
-from bench.loadgen import paced
+from bench.loadgen import collector_paused, paced
 from bench.messaging import Timed
 from bench.stack import CpuMeter, Stack
 from ledger import domain, handlers
@@ -238,7 +238,8 @@ class LedgerBench:
             latencies.extend([(time.time() - at) * 1000] * len(numbers))
 
         try:
-            await paced(post, rate=rate, seconds=seconds)
+            with collector_paused():
+                await paced(post, rate=rate, seconds=seconds)
         finally:
             await pool.close()
         return latencies

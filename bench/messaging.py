@@ -21,7 +21,7 @@ from backoffice.db import Conn
 from backoffice.envelope import Envelope, encode
 from backoffice.settings import ServiceSettings
 from backoffice.topics import events_topic
-from bench.loadgen import paced
+from bench.loadgen import collector_paused, paced
 from bench.stack import PARTITIONS, CpuMeter, Stack
 
 Record = tuple[str, bytes, bytes, list[tuple[str, bytes]]]  # topic, key, value, headers
@@ -150,35 +150,37 @@ class RelayBench:
     async def latency(self, *, ours: bool, rate: float, seconds: float) -> list[float]:
         """ms from each event's due time (`paced`, in ticks of 10 ms) until a reader of the topic has it. Ours: each
         tick's events committed to the outbox in one transaction of a service's pool, published by the relay; the
-        baseline: the same bytes sent by the bare producer."""
+        baseline: the same bytes sent by the bare producer. The events are made beforehand (the load generator
+        shares its process, and its CPU, with the relay)."""
         topic = events_topic(order_placed(0).service, prefix=self.prefix)
+        envs = [Envelope.wrap(order_placed(n)) for n in range(max(1, int(rate * seconds)))]
         due: dict[bytes, float] = {}
 
-        async with Tail(self.stack.bootstrap, topic) as tail:
+        async with Tail(self.stack.bootstrap, topic) as tail, _paused():
             if ours:
                 async with self._relaying(4) as writers:
 
                     async def commit(items: range, at: float) -> None:
-                        envs = [Envelope.wrap(order_placed(n)) for n in items]
-                        due.update((env.subject.encode(), at) for env in envs)
+                        due.update((envs[n].subject.encode(), at) for n in items)
                         async with writers.acquire() as conn, conn.transaction():
-                            await outbox.append_many(conn, envs)
+                            await outbox.append_many(conn, [envs[n] for n in items])
 
                     await paced(commit, rate=rate, seconds=seconds)
-                    await tail.until(due, timeout=60)
+                    await tail.until(due, timeout=120)
             else:
+                records = [encode(env) for env in envs]
                 async with started_producer(self.stack.bootstrap) as producer:
 
                     async def send(items: range, at: float) -> None:
                         sent = []
                         for n in items:
-                            key, value, headers = encode(Envelope.wrap(order_placed(n)))
+                            key, value, headers = records[n]
                             due[key] = at
                             sent.append(await producer.send(topic, value=value, key=key, headers=headers))
                         await asyncio.gather(*sent)
 
                     await paced(send, rate=rate, seconds=seconds)
-                    await tail.until(due, timeout=60)
+                    await tail.until(due, timeout=120)
             return [(tail.seen[key] - at) * 1000 for key, at in due.items()]
 
 
@@ -227,6 +229,12 @@ class Tail:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         await self.consumer.stop()
+
+
+@contextlib.asynccontextmanager
+async def _paused() -> AsyncIterator[None]:
+    with collector_paused():
+        yield
 
 
 @contextlib.asynccontextmanager
@@ -355,19 +363,24 @@ class ConsumerBench:
         """ms from each record's due time (`paced`, in ticks of 10 ms; sent by the bare producer) until its effect row
         was written (`applied_at`), once the consumer has joined its group and applied a first record."""
         topic = await create_topic(self.stack, f"bench-consume-{uuid.uuid4().hex[:8]}")
+        envs = [Envelope(event=order_placed(n)) for n in range(1 + max(1, int(rate * seconds)))]
+        records = [encode(env) for env in envs]  # made beforehand: the consumer shares this process's CPU
         due: dict[str, float] = {}
-        async with started_producer(self.stack.bootstrap) as producer, self._consuming(topic, ours=ours) as (pool, run):
+        async with (
+            started_producer(self.stack.bootstrap) as producer,
+            self._consuming(topic, ours=ours) as (pool, run),
+            _paused(),
+        ):
 
             async def send(items: range, at: float) -> None:
                 sent = []
                 for n in items:
-                    env = Envelope(event=order_placed(n))
-                    key, value, headers = encode(env)
-                    due[env.id] = at
+                    key, value, headers = records[n]
+                    due[envs[n].id] = at
                     sent.append(await producer.send(topic, value=value, key=key, headers=headers))
                 await asyncio.gather(*sent)
 
-            await send(range(1), time.time())
+            await send(range(len(envs) - 1, len(envs)), time.time())  # the last one first, alone
             await _applied(pool, run, 1)
             due.clear()
             count = 1 + await paced(send, rate=rate, seconds=seconds)
