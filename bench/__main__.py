@@ -114,7 +114,7 @@ class Bench:
                 spy.send_signal(signal.SIGINT)
                 spy.wait()
             f = _timed_figures("outbox_relay", mine, theirs)
-            await self._latency(f, relay.latency, "until a reader of the topic has the event")
+            await self._latency(f, relay.latency, "until a reader of the topic has it")
             self._set("outbox_relay", mode, f)
         if self.wanted("consumer_apply"):
             consumer = ConsumerBench(self.stack, await self.stack.database("bench_consumer"))
@@ -124,7 +124,7 @@ class Bench:
                 spy.send_signal(signal.SIGINT)
                 spy.wait()
             f = _timed_figures("consumer_apply", mine, theirs)
-            await self._latency(f, consumer.latency, "from the send until its effect row is written")
+            await self._latency(f, consumer.latency, "until its effect row is written")
             self._set("consumer_apply", mode, f)
         if self.wanted("ledger_post", "ledger_post_hot_account"):
             ledger = await LedgerBench.create(self.stack)
@@ -138,7 +138,7 @@ class Bench:
             async def hot_or_spread(*, ours: bool, rate: float, seconds: float) -> list[float]:
                 return await ledger.latency(ours=True, hot=ours, rate=rate, seconds=seconds)
 
-            await self._latency(f, hot_or_spread, "until its transaction committed; baseline: ours, spread")
+            await self._latency(f, hot_or_spread, "until its transaction committed")
             f.note = "baseline: ours, spread over many accounts; " + f.note
             self._set("ledger_post_hot_account", mode, f)
 
