@@ -280,6 +280,26 @@ class TestStepReport:
         )
 
 
+class TestOrderToLedgerSteps:
+    async def test_a_warm_up_step_at_the_same_rate_comes_first_and_is_not_counted(self) -> None:
+        calls: list[tuple[float, float]] = []
+
+        async def step(http: object, *, rate: float, seconds: float) -> http_pairs.Step:
+            calls.append((rate, seconds))
+            return TestStepReport._step(rate=rate, latencies_ms=[float(len(calls))])
+
+        runs = await http_pairs.order_to_ledger(
+            SimpleNamespace(),  # type: ignore[arg-type]
+            rate=104.7,
+            seconds=15.0,
+            repeats=3,
+            warm_up_s=8.0,
+            step=step,
+        )
+        assert calls == [(104.7, 8.0)] + [(104.7, 15.0)] * 3
+        assert [run.latencies_ms for run in runs] == [[2.0], [3.0], [4.0]]  # the warm-up's orders are not pooled
+
+
 class _FakeOrders:
     """Answers POST /orders with 201 like the service: a key seen before is a replay, which places nothing."""
 
