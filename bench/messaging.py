@@ -156,32 +156,33 @@ class RelayBench:
         envs = [Envelope.wrap(order_placed(n)) for n in range(max(1, int(rate * seconds)))]
         due: dict[bytes, float] = {}
 
-        async with Tail(self.stack.bootstrap, topic) as tail, _paused():
-            if ours:
-                async with self._relaying(4) as writers:
+        async with Tail(self.stack.bootstrap, topic) as tail:
+            with collector_paused():
+                if ours:
+                    async with self._relaying(4) as writers:
 
-                    async def commit(items: range, at: float) -> None:
-                        due.update((envs[n].subject.encode(), at) for n in items)
-                        async with writers.acquire() as conn, conn.transaction():
-                            await outbox.append_many(conn, [envs[n] for n in items])
+                        async def commit(items: range, at: float) -> None:
+                            due.update((envs[n].subject.encode(), at) for n in items)
+                            async with writers.acquire() as conn, conn.transaction():
+                                await outbox.append_many(conn, [envs[n] for n in items])
 
-                    await paced(commit, rate=rate, seconds=seconds)
-                    await tail.until(due, timeout=120)
-            else:
-                records = [encode(env) for env in envs]
-                async with started_producer(self.stack.bootstrap) as producer:
+                        await paced(commit, rate=rate, seconds=seconds)
+                        await tail.until(due, timeout=120)
+                else:
+                    records = [encode(env) for env in envs]
+                    async with started_producer(self.stack.bootstrap) as producer:
 
-                    async def send(items: range, at: float) -> None:
-                        sent = []
-                        for n in items:
-                            key, value, headers = records[n]
-                            due[key] = at
-                            sent.append(await producer.send(topic, value=value, key=key, headers=headers))
-                        await asyncio.gather(*sent)
+                        async def send(items: range, at: float) -> None:
+                            sent = []
+                            for n in items:
+                                key, value, headers = records[n]
+                                due[key] = at
+                                sent.append(await producer.send(topic, value=value, key=key, headers=headers))
+                            await asyncio.gather(*sent)
 
-                    await paced(send, rate=rate, seconds=seconds)
-                    await tail.until(due, timeout=120)
-            return [(tail.seen[key] - at) * 1000 for key, at in due.items()]
+                        await paced(send, rate=rate, seconds=seconds)
+                        await tail.until(due, timeout=120)
+                return [(tail.seen[key] - at) * 1000 for key, at in due.items()]
 
 
 class Tail:
@@ -222,19 +223,19 @@ class Tail:
                         self.seen.setdefault(record.key, now)
 
     async def until(self, keys: dict[bytes, float], *, timeout: float) -> None:
-        await wait_until(lambda: _true(all(key in self.seen for key in keys)), timeout=timeout)
+        """Until every one of `keys` has arrived. The reader shares this process with the path measured, so each check
+        compares counts first and looks the keys up only once enough records have arrived."""
+
+        async def arrived() -> bool:
+            return len(self.seen) >= len(keys) and all(key in self.seen for key in keys)
+
+        await wait_until(arrived, timeout=timeout)
 
     async def __aexit__(self, *exc: object) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         await self.consumer.stop()
-
-
-@contextlib.asynccontextmanager
-async def _paused() -> AsyncIterator[None]:
-    with collector_paused():
-        yield
 
 
 @contextlib.asynccontextmanager
@@ -369,7 +370,6 @@ class ConsumerBench:
         async with (
             started_producer(self.stack.bootstrap) as producer,
             self._consuming(topic, ours=ours) as (pool, run),
-            _paused(),
         ):
 
             async def send(items: range, at: float) -> None:
@@ -383,8 +383,9 @@ class ConsumerBench:
             await send(range(len(envs) - 1, len(envs)), time.time())  # the last one first, alone
             await _applied(pool, run, 1)
             due.clear()
-            count = 1 + await paced(send, rate=rate, seconds=seconds)
-            await _applied(pool, run, count)
+            with collector_paused():
+                count = 1 + await paced(send, rate=rate, seconds=seconds)
+                await _applied(pool, run, count)
             rows = await pool.fetch("SELECT event_id::text, applied_at FROM bench_effects WHERE run = $1", run)
         return [(r["applied_at"].timestamp() - due[r["event_id"]]) * 1000 for r in rows if r["event_id"] in due]
 
