@@ -105,9 +105,13 @@ class Migration:
 def load_migrations(directory: Path, *, namespace: str) -> list[Migration]:
     """Numbered files of one directory, in order, named `<namespace>/<file>`."""
     found = []
+    numbers: dict[str, str] = {}
     for path in sorted(directory.glob("*.sql")):
-        if not _NAME.match(path.name):
+        named = _NAME.match(path.name)
+        if not named:
             raise MigrationError(f"migration file {path} must be named NNNN_snake_case.sql")
+        if (other := numbers.setdefault(named.group(1), path.name)) != path.name:
+            raise MigrationError(f"migrations {other} and {path.name} in {directory} share a number: renumber one")
         found.append(Migration(f"{namespace}/{path.name}", path.read_text()))
     return found
 

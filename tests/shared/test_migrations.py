@@ -73,3 +73,8 @@ class TestMigrations:
         _write(tmp_path, {"1_a.sql": "SELECT 1;"})
         with pytest.raises(MigrationError, match="NNNN"):
             load_migrations(tmp_path, namespace="svc")
+
+    def test_two_files_with_one_number_are_refused(self, tmp_path: Path) -> None:
+        _write(tmp_path, {"0001_a.sql": "SELECT 1;", "0002_b.sql": "SELECT 2;", "0002_c.sql": "SELECT 3;"})
+        with pytest.raises(MigrationError, match=r"0002_b\.sql and 0002_c\.sql"):
+            load_migrations(tmp_path, namespace="svc")
