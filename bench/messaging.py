@@ -14,6 +14,7 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import DefaultPartitioner
 
 from backoffice import db, events, outbox
 from backoffice.consumer import Consumer
@@ -140,7 +141,7 @@ class RelayBench:
             )
             for r in rows
         ]
-        async with started_producer(self.stack.bootstrap) as producer:
+        async with started_producer(self.stack.bootstrap, plain=True) as producer:
             meter = CpuMeter(self.stack.processes())
             started = time.perf_counter()
             futures = [await producer.send(t, value=v, key=k, headers=h) for t, k, v, h in records]
@@ -170,7 +171,7 @@ class RelayBench:
                         await tail.until(due, timeout=120)
                 else:
                     records = [encode(env) for env in envs]
-                    async with started_producer(self.stack.bootstrap) as producer:
+                    async with started_producer(self.stack.bootstrap, plain=True) as producer:
 
                         async def send(items: range, at: float) -> None:
                             sent = []
@@ -239,9 +240,11 @@ class Tail:
 
 
 @contextlib.asynccontextmanager
-async def started_producer(bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
-    """The plain aiokafka idempotent producer every service publishes with, started."""
-    producer = outbox.new_producer(bootstrap)
+async def started_producer(bootstrap: str, *, plain: bool = False) -> AsyncIterator[AIOKafkaProducer]:
+    """The idempotent producer every service publishes with, started. `plain`: with aiokafka's own partitioner, as
+    a bare producer has (the baselines of `outbox_relay`); the services' hashes keys in compiled code
+    (`outbox.partition_of`), to the same partitions."""
+    producer = outbox.new_producer(bootstrap, partitioner=DefaultPartitioner() if plain else outbox.partition_of)
     await producer.start()
     try:
         yield producer

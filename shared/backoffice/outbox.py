@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 import time
 import zlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -26,6 +27,7 @@ import orjson
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from murmurhash2 import murmurhash2
 from prometheus_client import Counter, Gauge
 
 from backoffice import db
@@ -123,7 +125,23 @@ async def append_many(conn: Conn, events: Sequence[Event | Envelope]) -> list[En
     return envelopes
 
 
-def new_producer(bootstrap: str) -> AIOKafkaProducer:
+Partitioner = Callable[[bytes | None, list[int], list[int]], int]
+_MURMUR2_SEED = 0x9747B28C  # the seed of Kafka's Java client (`Utils.murmur2`)
+
+
+def partition_of(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+    """Kafka's default partitioner, as aiokafka's `DefaultPartitioner` and the Java client: a keyed record goes to
+    murmur2(key) (sign bit cleared) modulo the partition count, so every client puts a key on the same partition;
+    one without a key to any available partition.
+
+    The hash is computed by `murmurhash2` (compiled) rather than aiokafka's pure-Python `murmur2`, which took 13 us
+    a key: 43 % of the relay's CPU while it drained a backlog in the bench (`outbox_relay`), against 0.5 us."""
+    if key is None:
+        return random.choice(available or all_partitions)
+    return all_partitions[(murmurhash2(key, _MURMUR2_SEED) & 0x7FFFFFFF) % len(all_partitions)]
+
+
+def new_producer(bootstrap: str, *, partitioner: Partitioner = partition_of) -> AIOKafkaProducer:
     """The idempotent producer every service publishes with (acks=all, ordered retries)."""
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
@@ -132,6 +150,7 @@ def new_producer(bootstrap: str) -> AIOKafkaProducer:
         linger_ms=2,
         request_timeout_ms=15000,
         max_batch_size=262144,
+        partitioner=partitioner,
     )
 
 

@@ -10,6 +10,9 @@ from typing import Any
 
 import asyncpg
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
+from hypothesis import given
+from hypothesis import strategies as st
 
 from backoffice import db, outbox
 from backoffice.envelope import header_map
@@ -62,6 +65,38 @@ class TestPublishedIffCommitted:
         assert rolled_back.id not in ce_ids(records)
         h = header_map(next(r for r in records if header_map(r.headers)["ce_id"] == committed.id).headers)
         assert h["ce_type"] == "backoffice.orders.OrderConfirmed.v1"
+
+
+class TestPartitioning:
+    # Kafka's own test vectors for its Java client's murmur2 (`UtilsTest.testMurmur2`), as signed 32-bit ints.
+    JAVA_MURMUR2 = {
+        b"21": -973932308,
+        b"foobar": -790332482,
+        b"a-little-bit-long-string": -985981536,
+        b"a-little-bit-longer-string": -1486304829,
+        b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
+        b"abc": 479470107,
+    }
+
+    @pytest.mark.parametrize("partitions", [1, 3, 6, 7, 1000])
+    def test_a_key_goes_where_the_java_client_puts_it(self, partitions: int) -> None:
+        for key, hashed in self.JAVA_MURMUR2.items():
+            expected = (hashed & 0x7FFFFFFF) % partitions
+            assert outbox.partition_of(key, list(range(partitions)), []) == expected, key
+
+    @given(key=st.binary(max_size=200), count=st.integers(min_value=1, max_value=64), first=st.integers(0, 5))
+    def test_a_key_goes_where_aiokafkas_own_partitioner_puts_it(self, key: bytes, count: int, first: int) -> None:
+        partitions = list(range(first, first + count))
+        available = partitions[::2]
+        assert outbox.partition_of(key, partitions, available) == DefaultPartitioner()(key, partitions, available)
+
+    def test_a_record_without_a_key_goes_to_an_available_partition_or_any_when_none_is(self) -> None:
+        assert {outbox.partition_of(None, [0, 1, 2, 3], [1, 3]) for _ in range(200)} == {1, 3}
+        assert {outbox.partition_of(None, [0, 1, 2], []) for _ in range(200)} == {0, 1, 2}
+
+    async def test_the_services_producer_uses_it(self) -> None:
+        producer = outbox.new_producer("127.0.0.1:1")  # never started: nothing connects
+        assert producer._partitioner is outbox.partition_of
 
 
 class TestOrderAndRecovery:
