@@ -26,3 +26,10 @@ def test_a_log_line_is_json_with_service_level_event_and_correlation(capsys: pyt
     assert second["event"] == "from the standard library"
     assert second["level"] == "warning"
     assert second["service"] == "svc-under-test"
+
+
+def test_uvicorn_formats_no_access_line_once_logging_is_configured() -> None:
+    logs.configure(service="svc-under-test", level="INFO")
+    # uvicorn's HTTP protocols format an access line for every response exactly when this is true
+    assert not logging.getLogger("uvicorn.access").hasHandlers()
+    assert logging.getLogger("uvicorn.error").hasHandlers()  # its errors still reach the JSON log
