@@ -110,8 +110,12 @@ def load_migrations(directory: Path, *, namespace: str) -> list[Migration]:
         named = _NAME.match(path.name)
         if not named:
             raise MigrationError(f"migration file {path} must be named NNNN_snake_case.sql")
-        if (other := numbers.setdefault(named.group(1), path.name)) != path.name:
-            raise MigrationError(f"migrations {other} and {path.name} in {directory} share a number: renumber one")
+        number = named.group(1)
+        if number in numbers:
+            raise MigrationError(
+                f"migrations {numbers[number]} and {path.name} in {directory} share a number: renumber one"
+            )
+        numbers[number] = path.name
         found.append(Migration(f"{namespace}/{path.name}", path.read_text()))
     return found
 
