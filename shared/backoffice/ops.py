@@ -8,10 +8,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from backoffice.envelope import header_map
+from backoffice.outbox import new_producer
 from backoffice.topics import SERVICES, dlq_topic, events_topic
 
 SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
@@ -156,7 +157,7 @@ async def _behind(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -
 async def replay_dead_letters(bootstrap: str, group: str, *, ids: set[str] | None = None) -> list[DeadLetter]:
     """Re-publish dead letters to their original topic with their original headers (same `ce_id`)."""
     letters = [d for d in await read_dead_letters(bootstrap, group) if not ids or d.info.get("ce_id") in ids]
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
+    producer = new_producer(bootstrap)
     await producer.start()
     try:
         for letter in letters:
