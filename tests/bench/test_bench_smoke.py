@@ -18,7 +18,7 @@ import pytest
 
 from backoffice.db import SHARED_MIGRATIONS, Migration, load_migrations, migrate_dsn
 from backoffice.topics import ensure_topics, events_topic
-from bench import http_pairs, loadgen, report
+from bench import http_pairs, loadgen, probe, report
 from bench.ledger_post import LedgerBench
 from bench.loadgen import percentile
 from bench.messaging import ConsumerBench, RelayBench, Tail, started_producer
@@ -432,3 +432,43 @@ class TestAlone:
         with pytest.raises(RuntimeError, match=r"did not catch up.*group billing: lag 5"):
             async with _stack_of(log, behind=["group billing: lag 5"]).alone("orders"):
                 pass
+
+
+class TestProbe:
+    """`bench.probe`'s accounts: PostgreSQL's CPU by database and by background process, and a step's lines."""
+
+    @pytest.mark.parametrize(
+        ("title", "role"),
+        [
+            ("postgres: postgres orders [local] idle", "db orders"),
+            ("postgres: postgres billing 127.0.0.1(53114) SELECT", "db billing"),
+            ("postgres: app ledger [local] idle in transaction", "db ledger"),
+            ("postgres: walwriter ", "walwriter"),
+            ("postgres: io worker 2", "io worker"),
+            ("postgres: autovacuum worker orders", "autovacuum worker"),
+            ("postgres: logical replication launcher ", "logical replication launcher"),
+            ("postmaster", "postmaster"),
+        ],
+    )
+    def test_each_process_is_named_by_whom_it_works_for(self, title: str, role: str) -> None:
+        assert probe.role_of(title) == role
+
+    def test_cores_are_summed_by_role_over_the_span(self) -> None:
+        before = {("db orders", 10): 1.0, ("db orders", 11): 2.0, ("walwriter", 5): 0.5, ("db billing", 12): 3.0}
+        after = {("db orders", 10): 1.8, ("db orders", 11): 2.6, ("walwriter", 5): 0.52, ("db orders", 13): 0.2}
+        # pid 12 ended (not counted); pid 13 started (counted from zero)
+        assert probe.cores_by_role(before, after, 2.0) == {"db orders": 0.8, "walwriter": 0.01}
+
+    def test_a_step_gives_its_cost_per_order_and_postgres_split(self) -> None:
+        step = TestStepReport._step(rate=200.0)
+        lines = probe.describe(step, {"db orders": 0.41, "db ledger": 0.12, "walwriter": 0.004})
+        assert lines[0] == "200/s kept up: p50 100 ms, p99 400 ms, 1.38 cores busy, 6.90 ms of CPU per order"
+        assert lines[1] == (
+            "  cores: postgres 0.62, orders 0.47, kafka 0.19, bench 0.10 (stolen by the hypervisor: 0.30)"
+        )
+        assert lines[2] == "  postgres: db orders 0.410, db ledger 0.120"  # below 0.005 is left out
+
+    def test_a_step_that_fell_behind_says_why(self) -> None:
+        step = TestStepReport._step(sustained=False, why="only 9 of 10 entries posted 15s after the load")
+        assert probe.describe(step, {})[0].startswith("111/s fell behind (only 9 of 10 entries posted")
+        assert probe.describe(step, {})[2] == "  postgres: idle"

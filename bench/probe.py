@@ -1,0 +1,176 @@
+"""`python -m bench.probe RATE [RATE ...]`: what the pipeline costs at fixed rates, process by process.
+
+`make bench` says how fast the pipeline goes; this says where its CPU goes. On the bench's own stack it places and
+ships orders open-loop at each rate in turn (`http_pairs.pipeline_step`: each order until its invoice's journal
+entry) and prints, for each step, whether it kept up, its p50/p99, the cores each process kept busy, PostgreSQL's
+split by database (its backends) and by background process, and the CPU per order. With `--statements DB` it also
+loads `pg_stat_statements` and prints the statements of that database that took the most time in each step
+(`--nested` counts those run inside functions too).
+
+The rates are not judged against anything: the point is comparing the steps of one run, such as how much of the
+cost is paid per order and how much per cycle of the relays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import asyncpg
+import psutil
+import uvloop
+
+from bench import http_pairs
+from bench.stack import Stack
+from devstack import postgres
+from devstack.config import RUN_DIR
+
+# A backend's title: `postgres: <user> <database> <client> <activity>`, the client `[local]` or `host(port)`.
+_BACKEND = re.compile(r"^postgres: \S+ (?P<database>\S+) (?:\[local\]|\S+\(\d+\))")
+
+
+def role_of(cmdline: str) -> str:
+    """Who a PostgreSQL process works for, from its title: `db <name>` for a backend, else the background process
+    (`walwriter`, `autovacuum worker`, `io worker`, ...)."""
+    backend = _BACKEND.match(cmdline)
+    if backend:
+        return f"db {backend['database']}"
+    name = cmdline.removeprefix("postgres: ").strip()
+    if name.startswith("autovacuum worker"):
+        return "autovacuum worker"
+    return re.sub(r"\s+\d+$", "", name) or "postmaster"
+
+
+def pg_cpu_by_role(postmaster: int) -> dict[tuple[str, int], float]:
+    """CPU seconds so far of the postmaster and each of its children, by (role, pid)."""
+    out: dict[tuple[str, int], float] = {}
+    try:
+        root = psutil.Process(postmaster)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return out
+    for proc in procs:
+        try:
+            title = " ".join(proc.cmdline()) if proc.pid != postmaster else "postmaster"
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        out[(role_of(title), proc.pid)] = times.user + times.system
+    return out
+
+
+def cores_by_role(
+    before: Mapping[tuple[str, int], float], after: Mapping[tuple[str, int], float], seconds: float
+) -> dict[str, float]:
+    """Cores each role kept busy between two `pg_cpu_by_role` samples; a process that ended meanwhile is not
+    counted, one that started is counted from zero."""
+    used: dict[str, float] = {}
+    for (role, pid), spent in after.items():
+        used[role] = used.get(role, 0.0) + max(spent - before.get((role, pid), 0.0), 0.0)
+    return {role: round(cpu / seconds, 3) for role, cpu in sorted(used.items(), key=lambda kv: -kv[1])}
+
+
+def describe(step: http_pairs.Step, pg_roles: Mapping[str, float]) -> list[str]:
+    """A step's lines: its outcome, then each process's cores, then PostgreSQL's by role (those from 0.005)."""
+    outcome = "kept up" if step.sustained else f"fell behind ({step.why})"
+    per_order = 1000 * step.busy_cores / step.rate if step.rate else float("nan")
+    lines = [
+        f"{step.rate:.0f}/s {outcome}: p50 {step.p(50):.0f} ms, p99 {step.p(99):.0f} ms,"
+        f" {step.busy_cores:.2f} cores busy, {per_order:.2f} ms of CPU per order"
+    ]
+    ranked = sorted(((n, c) for n, c in step.cpu.items() if n != "steal" and c), key=lambda kv: -kv[1])
+    lines.append("  cores: " + ", ".join(f"{name} {cores:.2f}" for name, cores in ranked))
+    if step.cpu.get("steal"):
+        lines[-1] += f" (stolen by the hypervisor: {step.cpu['steal']:.2f})"
+    shown = [f"{role} {cores:.3f}" for role, cores in pg_roles.items() if cores >= 0.005]
+    lines.append("  postgres: " + (", ".join(shown) or "idle"))
+    return lines
+
+
+async def _count_statements(dsn: str) -> None:
+    """`pg_stat_statements` readable in this database, its counts from zero."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        await conn.execute("SELECT pg_stat_statements_reset()")
+    finally:
+        await conn.close()
+
+
+async def _statements(dsn: str, *, limit: int, orders: int) -> list[str]:
+    """The statements that took the most time since the last reset, with their calls and time per order."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT calls, total_exec_time + total_plan_time AS ms, rows, query FROM pg_stat_statements"
+            " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " ORDER BY ms DESC LIMIT $1",
+            limit,
+        )
+        await conn.execute("SELECT pg_stat_statements_reset()")
+    finally:
+        await conn.close()
+    return [
+        f"  {r['ms']:8.0f} ms {1000 * r['ms'] / max(orders, 1):6.1f} us/order {r['calls']:7d} calls"
+        f" {r['rows']:8d} rows | {' '.join(r['query'].split())[:160]}"
+        for r in rows
+    ]
+
+
+async def _load_statements(stack: Stack, *, nested: bool) -> None:
+    conn = await asyncpg.connect(stack.dsn("postgres"))
+    try:
+        await conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+        await conn.execute(f"ALTER SYSTEM SET pg_stat_statements.track = '{'all' if nested else 'top'}'")
+    finally:
+        await conn.close()
+    stack.pg.stop()
+    stack.pg.start()
+    await postgres.wait_ready(stack.dsn("postgres"))
+
+
+async def probe(rates: list[float], *, seconds: float, statements: str | None, nested: bool, state: Path) -> None:
+    stack = Stack(state)
+    try:
+        await stack.start()
+        if statements:
+            await _load_statements(stack, nested=nested)
+        await stack.start_fleet()
+        client = http_pairs.Http(stack)
+        await client.seed()
+        await http_pairs.pipeline_step(client, rate=2.0, seconds=3.0)  # every consumer has joined its group
+        await http_pairs.pipeline_step(client, rate=min(rates), seconds=5.0)  # pools grown, plans cached
+        if statements:
+            await _count_statements(stack.dsn(statements))
+        for rate in rates:
+            pg = stack.pg.pid()
+            before, started = pg_cpu_by_role(pg) if pg else {}, time.monotonic()
+            step = await http_pairs.pipeline_step(client, rate=rate, seconds=seconds)
+            roles = cores_by_role(before, pg_cpu_by_role(pg) if pg else {}, time.monotonic() - started)
+            print("\n".join(describe(step, roles)), flush=True)
+            if statements:
+                print("\n".join(await _statements(stack.dsn(statements), limit=15, orders=step.sent)), flush=True)
+    finally:
+        stack.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.probe", description=__doc__)
+    parser.add_argument("rates", nargs="+", type=float, help="orders/s of each step, in the order given")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each step")
+    parser.add_argument("--statements", metavar="DB", help="print the top statements of this database per step")
+    parser.add_argument("--nested", action="store_true", help="with --statements: count statements in functions")
+    parser.add_argument("--state", type=Path, default=RUN_DIR / "probe")
+    args = parser.parse_args(argv)
+    uvloop.run(
+        probe(args.rates, seconds=args.seconds, statements=args.statements, nested=args.nested, state=args.state)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
