@@ -75,7 +75,8 @@ def cores_by_role(
 
 
 def describe(step: http_pairs.Step, pg_roles: Mapping[str, float]) -> list[str]:
-    """A step's lines: its outcome, then each process's cores, then PostgreSQL's by role (those from 0.005)."""
+    """A step's lines: its outcome, then each process's cores over the load, then PostgreSQL's by role (those from
+    0.005) over the load and the wait for its last entries (the same span unless the step fell behind)."""
     outcome = "kept up" if step.sustained else f"fell behind ({step.why})"
     per_order = 1000 * step.busy_cores / step.rate if step.rate else float("nan")
     lines = [
@@ -87,7 +88,7 @@ def describe(step: http_pairs.Step, pg_roles: Mapping[str, float]) -> list[str]:
     if step.cpu.get("steal"):
         lines[-1] += f" (stolen by the hypervisor: {step.cpu['steal']:.2f})"
     shown = [f"{role} {cores:.3f}" for role, cores in pg_roles.items() if cores >= 0.005]
-    lines.append("  postgres: " + (", ".join(shown) or "idle"))
+    lines.append("  postgres, over the step and its drain: " + (", ".join(shown) or "idle"))
     return lines
 
 

@@ -466,9 +466,9 @@ class TestProbe:
         assert lines[1] == (
             "  cores: postgres 0.62, orders 0.47, kafka 0.19, bench 0.10 (stolen by the hypervisor: 0.30)"
         )
-        assert lines[2] == "  postgres: db orders 0.410, db ledger 0.120"  # below 0.005 is left out
+        assert lines[2] == "  postgres, over the step and its drain: db orders 0.410, db ledger 0.120"  # not < 0.005
 
     def test_a_step_that_fell_behind_says_why(self) -> None:
         step = TestStepReport._step(sustained=False, why="only 9 of 10 entries posted 15s after the load")
         assert probe.describe(step, {})[0].startswith("111/s fell behind (only 9 of 10 entries posted")
-        assert probe.describe(step, {})[2] == "  postgres: idle"
+        assert probe.describe(step, {})[2] == "  postgres, over the step and its drain: idle"
