@@ -257,15 +257,20 @@ async def _posted(stack: Stack, run_tag: str, *, expected: int, timeout: float) 
         await conn.close()
 
 
+async def warm_up(http: Http, *, rate: float) -> None:
+    """Steps not counted before the measured ones: a trickle, until every consumer has joined its group, then 3 s
+    at `rate`. The services other than orders have just been (re)started (`Stack.alone`), with pools at their
+    minimum and new PostgreSQL backends whose caches are empty: without the second step the max-rate search's first
+    step had a p99 of 802 ms, its latency falling all through it (trend -252 ms), and that step's p50/p99 are the
+    ones the report gives."""
+    await pipeline_step(http, rate=2.0, seconds=3.0)
+    await pipeline_step(http, rate=rate, seconds=3.0)
+
+
 async def max_rate(http: Http, *, start: float, ceiling: float, seconds: float) -> tuple[float, list[Step]]:
     """The highest rate the pipeline keeps up with (`highest_kept_up`, each probe a `pipeline_step`), and every step
     tried."""
-    await pipeline_step(http, rate=2.0, seconds=3.0)  # warm-up: every consumer has joined its group
-    # and a short step at the first rate, not counted: the services other than orders have just been restarted
-    # (`Stack.alone`), with pools at their minimum and new PostgreSQL backends whose caches are empty. Without it the
-    # first step's p99 was 802 ms, its latency falling all through it (trend -252 ms), where the next ones had 2 s
-    # only once they fell behind; and that step's p50/p99 are the ones the report gives.
-    await pipeline_step(http, rate=start, seconds=3.0)
+    await warm_up(http, rate=start)
     steps: list[Step] = []
 
     async def probe(rate: float) -> bool:

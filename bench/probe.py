@@ -26,7 +26,6 @@ import uvloop
 
 from bench import http_pairs
 from bench.stack import Stack
-from devstack import postgres
 from devstack.config import RUN_DIR
 
 # A backend's title: `postgres: <user> <database> <client> <activity>`, the client `[local]` or `host(port)`.
@@ -122,29 +121,19 @@ async def _statements(dsn: str, *, limit: int, orders: int) -> list[str]:
     ]
 
 
-async def _load_statements(stack: Stack, *, nested: bool) -> None:
-    conn = await asyncpg.connect(stack.dsn("postgres"))
-    try:
-        await conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
-        await conn.execute(f"ALTER SYSTEM SET pg_stat_statements.track = '{'all' if nested else 'top'}'")
-    finally:
-        await conn.close()
-    stack.pg.stop()
-    stack.pg.start()
-    await postgres.wait_ready(stack.dsn("postgres"))
-
-
 async def probe(rates: list[float], *, seconds: float, statements: str | None, nested: bool, state: Path) -> None:
     stack = Stack(state)
     try:
         await stack.start()
         if statements:
-            await _load_statements(stack, nested=nested)
+            track = "all" if nested else "top"
+            await stack.alter_system(
+                {"shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.track": track}, restart=True
+            )
         await stack.start_fleet()
         client = http_pairs.Http(stack)
         await client.seed()
-        await http_pairs.pipeline_step(client, rate=2.0, seconds=3.0)  # every consumer has joined its group
-        await http_pairs.pipeline_step(client, rate=min(rates), seconds=5.0)  # pools grown, plans cached
+        await http_pairs.warm_up(client, rate=min(rates))
         if statements:
             await _count_statements(stack.dsn(statements))
         for rate in rates:

@@ -73,13 +73,24 @@ class Stack:
 
     async def set_synchronous_commit(self, on: bool) -> None:
         """Server-wide, for every session (existing ones pick it up on reload)."""
+        await self.alter_system({"synchronous_commit": "on" if on else "off"})
+        await asyncio.sleep(0.3)
+
+    async def alter_system(self, settings: dict[str, str], *, restart: bool = False) -> None:
+        """`ALTER SYSTEM SET` each setting, then reload the configuration, or restart the server for settings that
+        only take effect at start (`shared_preload_libraries`)."""
         conn = await asyncpg.connect(self.dsn("postgres"))
         try:
-            await conn.execute(f"ALTER SYSTEM SET synchronous_commit = {'on' if on else 'off'}")
-            await conn.execute("SELECT pg_reload_conf()")
+            for name, value in settings.items():
+                await conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+            if not restart:
+                await conn.execute("SELECT pg_reload_conf()")
         finally:
             await conn.close()
-        await asyncio.sleep(0.3)
+        if restart:
+            self.pg.stop()
+            self.pg.start()
+            await postgres.wait_ready(self.dsn("postgres"))
 
     async def start_fleet(self) -> None:
         admin = self.dsn("postgres")
