@@ -139,6 +139,7 @@ class Step:
     cpu: dict[str, float]
     why: str = ""
     growth_ms: float = math.nan  # the latency's rise over the step (`latency_growth_ms`), when all were posted
+    tag: str = ""  # its orders' customers are `p{tag}-{n}`
 
     def p(self, q: float) -> float:
         return percentile(self.latencies_ms, q)
@@ -196,7 +197,7 @@ async def pipeline_step(http: Http, *, rate: float, seconds: float, drain_s: flo
         grew = latency_growth_ms(latencies)
         if grew > GROWTH_LIMIT_MS:
             why = f"latency grew {grew:.0f} ms over the step (trend), more than {GROWTH_LIMIT_MS:.0f} ms"
-    return Step(rate, run.done + run.errors, run.errors, len(posted), values, not why, cpu, why, grew)
+    return Step(rate, run.done + run.errors, run.errors, len(posted), values, not why, cpu, why, grew, run_tag)
 
 
 async def order_to_ledger(

@@ -5,7 +5,9 @@ ships orders open-loop at each rate in turn (`http_pairs.pipeline_step`: each or
 entry) and prints, for each step, whether it kept up, its p50/p99, the cores each process kept busy, PostgreSQL's
 split by database (its backends) and by background process, and the CPU per order. With `--statements DB` it also
 loads `pg_stat_statements` and prints the statements of that database that took the most time in each step
-(`--nested` counts those run inside functions too).
+(`--nested` counts those run inside functions too). With `--stages` it follows each order through the services
+(`timelines`) and prints how long each stage took, in the first and the last third of the step: a stage that
+cannot keep up is the one whose time grows.
 
 The rates are not judged against anything: the point is comparing the steps of one run, such as how much of the
 cost is paid per order and how much per cycle of the relays.
@@ -25,6 +27,7 @@ import psutil
 import uvloop
 
 from bench import http_pairs
+from bench.loadgen import percentile
 from bench.stack import Stack
 from devstack.config import RUN_DIR
 
@@ -91,6 +94,86 @@ def describe(step: http_pairs.Step, pg_roles: Mapping[str, float]) -> list[str]:
     return lines
 
 
+# An order's way through the services, as its rows date it: the stage from one time to the next. The consumers'
+# times are their inbox rows' `received_at`, the start of the transaction that applied the event: a consumer's own
+# work falls in the stage after it.
+STAGES = (
+    "place to ship",  # the order's write and answer, the client's turn, the shipment's read (orders.placed_at on)
+    "ship's write",  # waiting for and making the shipment's group write (shipments.shipped_at on)
+    "to billing",  # orders' relay, Kafka, billing's fetch (the OrderShipped outbox row's created_at on)
+    "billing to ledger",  # billing's invoice, its relay, Kafka, the ledger's fetch (billing's inbox row on)
+    "ledger's post",  # the journal entry (the ledger's inbox row on, to the entry's posted_at)
+)
+
+
+def stage_lines(timelines: list[tuple[float, ...]]) -> list[str]:
+    """p50/p99 of each stage (`STAGES`) in the first and the last third of the orders, by when they were placed.
+    Each timeline is one order's times (epoch s): placed, shipped, its shipment written, billing's inbox, the
+    ledger's inbox, posted."""
+    if len(timelines) < 3:
+        return ["  stages: too few orders followed through"]
+    ordered = sorted(timelines)
+    third = len(ordered) // 3
+    parts = (ordered[:third], ordered[-third:])
+    lines = [f"  stages of {len(ordered)} orders, ms p50/p99, first third -> last third:"]
+    for i, name in enumerate(STAGES):
+        cells = []
+        for part in parts:
+            took = [1000 * (times[i + 1] - times[i]) for times in part]
+            cells.append(f"{percentile(took, 50):6.1f}/{percentile(took, 99):6.1f}")
+        lines.append(f"    {name:<18} {cells[0]} -> {cells[1]}")
+    return lines
+
+
+async def timelines(stack: Stack, tag: str) -> list[tuple[float, ...]]:
+    """The times (`stage_lines`) of each order of a pipeline step (customers `p{tag}-...`) that reached the ledger,
+    read from the services' databases."""
+
+    async def fetch(database: str, query: str, *args: object) -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(stack.dsn(database))
+        try:
+            return await conn.fetch(query, *args)
+        finally:
+            await conn.close()
+
+    like = f"p{tag}-%"
+    shipped = await fetch(
+        "orders",
+        "SELECT o.customer_id, o.placed_at, s.shipped_at, x.created_at AS written, x.event_id"
+        " FROM orders o JOIN shipments s ON s.order_id = o.id"
+        " JOIN order_events e ON e.order_id = o.id AND e.type = 'OrderShipped'"
+        " JOIN outbox x ON x.event_id = e.event_id WHERE o.customer_id LIKE $1",
+        like,
+    )
+    billed = {
+        r["event_id"]: r["received_at"]
+        for r in await fetch(
+            "billing",
+            "SELECT event_id, received_at FROM inbox WHERE event_id = ANY($1::uuid[])",
+            [r["event_id"] for r in shipped],
+        )
+    }
+    posted = {
+        r["party"]: r
+        for r in await fetch(
+            "ledger",
+            "SELECT l.party, i.received_at, e.posted_at FROM journal_entries e"
+            " JOIN journal_lines l ON l.entry_id = e.id AND l.account = '1100'"
+            " JOIN inbox i ON i.event_id = e.source_event_id"
+            " WHERE e.source_type = 'InvoiceIssued' AND l.party LIKE $1",
+            like,
+        )
+    }
+    out = []
+    for r in shipped:
+        entry = posted.get(r["customer_id"])
+        if entry is None or r["event_id"] not in billed:
+            continue
+        times = (r["placed_at"], r["shipped_at"], r["written"], billed[r["event_id"]], entry["received_at"])
+        out.append(tuple(t.timestamp() for t in (*times, entry["posted_at"])))
+    return out
+
+
 async def _count_statements(dsn: str) -> None:
     """`pg_stat_statements` readable in this database, its counts from zero."""
     conn = await asyncpg.connect(dsn)
@@ -121,7 +204,9 @@ async def _statements(dsn: str, *, limit: int, orders: int) -> list[str]:
     ]
 
 
-async def probe(rates: list[float], *, seconds: float, statements: str | None, nested: bool, state: Path) -> None:
+async def probe(
+    rates: list[float], *, seconds: float, statements: str | None, nested: bool, stages: bool, state: Path
+) -> None:
     stack = Stack(state)
     try:
         await stack.start()
@@ -142,6 +227,8 @@ async def probe(rates: list[float], *, seconds: float, statements: str | None, n
             step = await http_pairs.pipeline_step(client, rate=rate, seconds=seconds)
             roles = cores_by_role(before, pg_cpu_by_role(pg) if pg else {}, time.monotonic() - started)
             print("\n".join(describe(step, roles)), flush=True)
+            if stages:
+                print("\n".join(stage_lines(await timelines(stack, step.tag))), flush=True)
             if statements:
                 print("\n".join(await _statements(stack.dsn(statements), limit=15, orders=step.sent)), flush=True)
     finally:
@@ -154,10 +241,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each step")
     parser.add_argument("--statements", metavar="DB", help="print the top statements of this database per step")
     parser.add_argument("--nested", action="store_true", help="with --statements: count statements in functions")
+    parser.add_argument("--stages", action="store_true", help="print how long each stage of an order took")
     parser.add_argument("--state", type=Path, default=RUN_DIR / "probe")
     args = parser.parse_args(argv)
     uvloop.run(
-        probe(args.rates, seconds=args.seconds, statements=args.statements, nested=args.nested, state=args.state)
+        probe(
+            args.rates,
+            seconds=args.seconds,
+            statements=args.statements,
+            nested=args.nested,
+            stages=args.stages,
+            state=args.state,
+        )
     )
     return 0
 
