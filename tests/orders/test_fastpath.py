@@ -14,6 +14,7 @@ import httpx
 import orjson
 import pytest
 
+from backoffice.errors import Unavailable
 from orders import fastpath, store, workflow
 from orders.settings import Settings
 from orders.store import OrderView
@@ -353,14 +354,17 @@ async def _ship(
 
 
 def _read_once(monkeypatch: pytest.MonkeyPatch, view: OrderView) -> None:
-    """The next order view read (the shipment's snapshot) is `view`; later ones are read from the database."""
-    real = store.order_view
+    """The next read of the order's view (the shipment's snapshot) gives `view`; later ones read the database."""
+    real = store.order_views
     pending = [view]
 
-    async def stale(conn: Any, *, order_id: str) -> Any:
-        return pending.pop() if pending else await real(conn, order_id=order_id)
+    async def stale(conn: Any, *, order_ids: Any) -> Any:
+        found = await real(conn, order_ids=order_ids)
+        if pending and view.order.id in found:
+            found[view.order.id] = pending.pop()
+        return found
 
-    monkeypatch.setattr(store, "order_view", stale)
+    monkeypatch.setattr(store, "order_views", stale)
 
 
 async def _view(settings: Settings, order_id: str) -> OrderView:
@@ -466,6 +470,110 @@ class TestShippingFromAStaleSnapshot:
         assert (shown["on_hand"], shown["reserved"]) == (7, 1)
         final = await get_order(client, order["id"])
         assert (final["status"], final["lines"][0]["shipped"], len(final["shipments"])) == ("partially_shipped", 3, 1)
+
+
+@pytest.fixture
+def batches(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The order ids of each batch of shipments' reads; every batch waits 50 ms before it is read, so that the
+    shipments sent together in a test make one batch (the first alone, the others the next)."""
+    seen: list[list[str]] = []
+    real = store.order_views
+
+    async def lingering(conn: Any, *, order_ids: Any) -> Any:
+        await asyncio.sleep(0.05)
+        seen.append(list(order_ids))
+        return await real(conn, order_ids=order_ids)
+
+    monkeypatch.setattr(store, "order_views", lingering)
+    return seen
+
+
+class TestViewReads:
+    """The orders that shipments arriving together ship are read in one statement."""
+
+    async def test_shipments_sent_together_read_their_orders_in_one_batch_and_answer_what_each_order_reads(
+        self, client: httpx.AsyncClient, batches: list[list[str]], locking_calls: list[str]
+    ) -> None:
+        sku = await add_product(client, on_hand=30)
+        orders = [await placed(client, {sku: 3}) for _ in range(6)]
+        answers = await asyncio.gather(
+            *(_ship(client, order["id"], {sku: 1 + n % 2}) for n, order in enumerate(orders))
+        )
+        assert [a.status_code for a in answers] == [201] * 6, [a.text for a in answers]
+        assert sorted(i for batch in batches for i in batch) == sorted(order["id"] for order in orders)
+        assert max(len(batch) for batch in batches) > 1
+        assert locking_calls == []
+        for n, (order, answer) in enumerate(zip(orders, answers, strict=True)):
+            assert answer.json() == await get_order(client, order["id"])
+            assert answer.json()["lines"][0]["shipped"] == 1 + n % 2
+        shown = await product(client, sku)
+        assert (shown["on_hand"], shown["reserved"]) == (30 - 9, 18 - 9)
+
+    async def test_two_shipments_of_one_order_in_a_batch_ship_no_more_than_it_has(
+        self, client: httpx.AsyncClient, batches: list[list[str]]
+    ) -> None:
+        sku = await add_product(client, on_hand=10)
+        order = await placed(client, {sku: 4})
+        first = await _ship(client, order["id"], {sku: 1})  # alone: the next ones wait for its batch
+        answers = await asyncio.gather(*(_ship(client, order["id"], {sku: 3}) for _ in range(3)))
+        assert first.status_code == 201
+        assert sorted(a.status_code for a in answers) == [201, 409, 409]
+        assert max(len(batch) for batch in batches) == 1  # one id per batch, however many ask for it
+        final = await get_order(client, order["id"])
+        assert (final["status"], final["lines"][0]["shipped"], len(final["shipments"])) == ("shipped", 4, 2)
+        assert (await product(client, sku))["on_hand"] == 6
+
+    async def test_a_batch_the_database_cannot_read_fails_each_of_its_shipments_and_the_next_batch_reads(
+        self, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        sku = await add_product(client, on_hand=10)
+        orders = [await placed(client, {sku: 1}) for _ in range(4)]
+        real = store.order_views
+        failed: list[str] = []
+
+        async def failing_once(conn: Any, *, order_ids: Any) -> Any:
+            await asyncio.sleep(0.05)
+            if not failed:
+                failed.extend(order_ids)
+                raise asyncpg.exceptions.QueryCanceledError("canceling statement due to statement timeout")
+            return await real(conn, order_ids=order_ids)
+
+        monkeypatch.setattr(store, "order_views", failing_once)
+        answers = await asyncio.gather(*(_ship(client, order["id"], {sku: 1}) for order in orders[:3]))
+        assert failed  # as the read alone would have: the unexpected error, 500
+        assert [a.status_code for a in answers] == [500 if o["id"] in failed else 201 for o in orders[:3]]
+        assert all(a.headers["content-type"] == "application/problem+json" for a in answers if a.status_code == 500)
+        later = await _ship(client, orders[3]["id"], {sku: 1})
+        assert later.status_code == 201, later.text
+        for order in orders[:3]:  # nothing written for those whose read failed
+            status = (await get_order(client, order["id"]))["status"]
+            assert status == ("confirmed" if order["id"] in failed else "shipped")
+
+    async def test_reads_waiting_when_the_reader_stops_fail_with_503_not_silence(self) -> None:
+        reads = fastpath.ViewReads()
+        started = asyncio.Event()
+
+        class Pool:
+            def acquire(self) -> Any:
+                return self
+
+            async def __aenter__(self) -> Any:
+                started.set()
+                await asyncio.sleep(3600)
+
+            async def __aexit__(self, *exc: object) -> None:
+                return None
+
+        first = asyncio.ensure_future(reads.read(Pool(), str(uuid.uuid4())))  # type: ignore[arg-type]
+        await started.wait()
+        second = asyncio.ensure_future(reads.read(Pool(), str(uuid.uuid4())))  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        assert reads._reader is not None
+        reads._reader.cancel()
+        for waiting in (first, second):
+            with pytest.raises(Unavailable):
+                await waiting
+        assert reads._reader is None and reads._waiting == []
 
 
 @pytest.fixture

@@ -322,24 +322,35 @@ class OrderView:
     history: list[dict[str, Any]]
 
 
+# The order, its lines, shipments, returns, invoices and history (`_view`), of the orders named in the WHERE clause.
+_VIEW = (
+    f"SELECT {_ORDER_WITH_LINES},"
+    " array(SELECT ROW(s.id::text, s.lines::text, s.subtotal_minor, s.carrier, s.tracking_number, s.shipped_at)"
+    " FROM shipments s WHERE s.order_id = o.id ORDER BY s.shipped_at, s.id) AS shipments,"
+    " array(SELECT ROW(r.id::text, r.lines::text, r.subtotal_minor, r.reason, r.restocked, r.returned_at)"
+    " FROM returns r WHERE r.order_id = o.id ORDER BY r.returned_at, r.id) AS returns,"
+    " array(SELECT ROW(i.invoice_id, i.number, i.currency, i.total_minor, i.paid_at IS NOT NULL, i.issued_at,"
+    " i.paid_at) FROM order_invoices i WHERE i.order_id = o.id ORDER BY i.issued_at NULLS LAST, i.invoice_id)"
+    " AS invoices,"
+    " array(SELECT ROW(e.type, e.occurred_at, e.data::text) FROM order_events e WHERE e.order_id = o.id"
+    " ORDER BY e.seq) AS history"
+    " FROM orders o"
+)
+
+
 async def order_view(conn: Conn, *, order_id: str) -> OrderView | None:
     """The order, its lines, shipments, returns, invoices and history, in one statement (one snapshot)."""
-    row = await conn.fetchrow(
-        f"SELECT {_ORDER_WITH_LINES},"
-        " array(SELECT ROW(s.id::text, s.lines::text, s.subtotal_minor, s.carrier, s.tracking_number, s.shipped_at)"
-        " FROM shipments s WHERE s.order_id = o.id ORDER BY s.shipped_at, s.id) AS shipments,"
-        " array(SELECT ROW(r.id::text, r.lines::text, r.subtotal_minor, r.reason, r.restocked, r.returned_at)"
-        " FROM returns r WHERE r.order_id = o.id ORDER BY r.returned_at, r.id) AS returns,"
-        " array(SELECT ROW(i.invoice_id, i.number, i.currency, i.total_minor, i.paid_at IS NOT NULL, i.issued_at,"
-        " i.paid_at) FROM order_invoices i WHERE i.order_id = o.id ORDER BY i.issued_at NULLS LAST, i.invoice_id)"
-        " AS invoices,"
-        " array(SELECT ROW(e.type, e.occurred_at, e.data::text) FROM order_events e WHERE e.order_id = o.id"
-        " ORDER BY e.seq) AS history"
-        " FROM orders o WHERE o.id = $1",
-        order_id,
-    )
-    if row is None:
-        return None
+    row = await conn.fetchrow(f"{_VIEW} WHERE o.id = $1", order_id)
+    return None if row is None else _view(row)
+
+
+async def order_views(conn: Conn, *, order_ids: Sequence[str]) -> dict[str, OrderView]:
+    """`order_view` of each of these orders that exists, by id, in one statement (one snapshot for all)."""
+    rows = await conn.fetch(f"{_VIEW} WHERE o.id = ANY($1::uuid[])", list(order_ids))
+    return {str(row["id"]): _view(row) for row in rows}
+
+
+def _view(row: asyncpg.Record) -> OrderView:
     return OrderView(
         order=_order(row, row["lines"]),
         shipments=[
