@@ -79,11 +79,8 @@ class Http:
 
     async def placed(self) -> int:
         """How many orders the throughput runs have placed so far (their customer is `h{tag}`)."""
-        conn = await asyncpg.connect(self.stack.dsn("orders"))
-        try:
-            return int(await conn.fetchval("SELECT count(*) FROM orders WHERE customer_id = $1", f"h{self.tag}"))
-        finally:
-            await conn.close()
+        rows = await self.stack.fetch("orders", "SELECT count(*) FROM orders WHERE customer_id = $1", f"h{self.tag}")
+        return int(rows[0][0])
 
     async def place_ours(self, n: int) -> bool:
         status, _ = await self.place(self.orders, n, f"h{self.tag}")

@@ -129,15 +129,8 @@ async def timelines(stack: Stack, tag: str) -> list[tuple[float, ...]]:
     """The times (`stage_lines`) of each order of a pipeline step (customers `p{tag}-...`) that reached the ledger,
     read from the services' databases."""
 
-    async def fetch(database: str, query: str, *args: object) -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(stack.dsn(database))
-        try:
-            return await conn.fetch(query, *args)
-        finally:
-            await conn.close()
-
     like = f"p{tag}-%"
-    shipped = await fetch(
+    shipped = await stack.fetch(
         "orders",
         "SELECT o.customer_id, o.placed_at, s.shipped_at, x.created_at AS written, x.event_id"
         " FROM orders o JOIN shipments s ON s.order_id = o.id"
@@ -147,7 +140,7 @@ async def timelines(stack: Stack, tag: str) -> list[tuple[float, ...]]:
     )
     billed = {
         r["event_id"]: r["received_at"]
-        for r in await fetch(
+        for r in await stack.fetch(
             "billing",
             "SELECT event_id, received_at FROM inbox WHERE event_id = ANY($1::uuid[])",
             [r["event_id"] for r in shipped],
@@ -155,7 +148,7 @@ async def timelines(stack: Stack, tag: str) -> list[tuple[float, ...]]:
     }
     posted = {
         r["party"]: r
-        for r in await fetch(
+        for r in await stack.fetch(
             "ledger",
             "SELECT l.party, i.received_at, e.posted_at FROM journal_entries e"
             " JOIN journal_lines l ON l.entry_id = e.id AND l.account = '1100'"

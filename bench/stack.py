@@ -76,6 +76,14 @@ class Stack:
         await self.alter_system({"synchronous_commit": "on" if on else "off"})
         await asyncio.sleep(0.3)
 
+    async def fetch(self, database: str, query: str, *args: object) -> list[asyncpg.Record]:
+        """The rows of one query in `database`, on a connection of its own."""
+        conn = await asyncpg.connect(self.dsn(database))
+        try:
+            return await conn.fetch(query, *args)
+        finally:
+            await conn.close()
+
     async def alter_system(self, settings: dict[str, str], *, restart: bool = False) -> None:
         """`ALTER SYSTEM SET` each setting, then reload the configuration, or restart the server for settings that
         only take effect at start (`shared_preload_libraries`)."""

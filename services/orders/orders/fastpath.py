@@ -27,8 +27,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
@@ -112,6 +113,18 @@ async def place_in_stock(request: Request, *, principal: Principal, body: schema
     return answer
 
 
+_T = TypeVar("_T")
+
+
+def _of_app(app: Any, name: str, make: Callable[[], _T]) -> _T:
+    """The app's `name` in its state, made on first use: one per app, since each app has its own database."""
+    found: _T | None = getattr(app.state, name, None)
+    if found is None:
+        found = make()
+        setattr(app.state, name, found)
+    return found
+
+
 class Catalogue:
     """The products the in-stock path last read, kept for a few seconds to spare the next order the read.
 
@@ -128,11 +141,8 @@ class Catalogue:
 
     @classmethod
     def of(cls, app: Any) -> Catalogue:
-        """The app's catalogue hints (one per app: each has its own database)."""
-        hints: Catalogue | None = getattr(app.state, "catalogue_hints", None)
-        if hints is None:
-            hints = app.state.catalogue_hints = cls()
-        return hints
+        """The app's catalogue hints."""
+        return _of_app(app, "catalogue_hints", cls)
 
     def recall(self, skus: list[str]) -> dict[str, domain.Product] | None:
         """Every one of `skus`, if each was read less than TTL_S ago; else None."""
@@ -321,11 +331,8 @@ class ViewReads:
 
     @classmethod
     def of(cls, app: Any) -> ViewReads:
-        """The app's batched reads (one per app: each has its own database)."""
-        reads: ViewReads | None = getattr(app.state, "view_reads", None)
-        if reads is None:
-            reads = app.state.view_reads = cls()
-        return reads
+        """The app's batched reads."""
+        return _of_app(app, "view_reads", cls)
 
     async def read(self, pool: asyncpg.Pool, order_id: str) -> store.OrderView | None:
         """The order's view as `store.order_view` reads it (None when there is no such order), read with the others
@@ -407,9 +414,7 @@ class GroupCommit:
         """The app's group commit of `kind` (one per app: each has its own database); None when it is turned off."""
         if not app.state.settings.group_commit:
             return None
-        groups: dict[str, GroupCommit] | None = getattr(app.state, "group_commits", None)
-        if groups is None:
-            groups = app.state.group_commits = {}
+        groups: dict[str, GroupCommit] = _of_app(app, "group_commits", dict)
         if kind not in groups:
             groups[kind] = cls(kind)
         return groups[kind]
