@@ -30,11 +30,12 @@ TOKEN = issue_token(
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # The keep-alive clients of the throughput runs: each side is measured at each count, and its throughput is that of
 # the count where its median peaked (`peak`). One fixed count measures a server at its capacity only if that count
-# keeps it busy: the bare app peaks at 16 (its event loop full, 0.88 of a core) and serves less with more clients,
-# while ours, whose group commit writes the orders arriving while the previous group is written, left a third of the
-# machine idle at 16 (its groups are half the clients: 8 orders, every 10 ms). Ours served 715-796/s at 16 and
-# 938-989/s at 32 in the full benches of 2026-11-30, and 1008-1167/s at 64 in a probe (groups of 24, the most a
-# group takes), where the baseline served 1090-1253/s against about 1300 at 16.
+# keeps it busy: the bare app peaks at 16 (its event loop full, 0.95-0.98 of a core) and serves less with more
+# clients, while ours, whose group commit writes the orders arriving while the previous group is written, has groups
+# of half the clients at 16 (8 orders, with synchronous_commit off) and serves more with more. In the full bench of
+# 2026-11-30 (sync on) ours served 3354, 3408 and 3776/s at 16, 32 and 64, the baseline 4832, 4635 and 4313/s. More
+# clients do not help ours: at 64 its groups are already at their cap (23.7 of 24 orders on average), and in a probe
+# with synchronous_commit off 128 clients served 3722/s where 64 served 3661/s.
 CLIENTS = (16, 32, 64)
 
 
