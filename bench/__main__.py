@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import uvloop
 
@@ -31,6 +31,7 @@ from bench.report import Pair, figures
 from bench.stack import Stack, start_profile
 from devstack.config import ROOT, RUN_DIR
 
+_T = TypeVar("_T")
 MODES = {"sync_on": True, "sync_off": False}
 TARGETS = {
     "http_place_order": ("orders/s", ">= 0.75"),
@@ -244,13 +245,19 @@ class Bench:
         self.pairs[name].modes[mode] = f
         say(f"  {name} [{mode}]: ours {f.ours} baseline {f.baseline} ratio {f.ratio} met {f.met}")
 
+    async def in_each(self, modes: list[str], step: Callable[[str], Awaitable[_T]]) -> dict[str, _T]:
+        """`step(mode)` for each mode in turn, with PostgreSQL's synchronous_commit set as the mode says."""
+        out: dict[str, _T] = {}
+        for mode in modes:
+            await self.stack.set_synchronous_commit(MODES[mode])
+            out[mode] = await step(mode)
+        return out
+
     async def run(self, modes: list[str]) -> list[Pair]:
         await self.stack.start()
         say(f"stack up: PostgreSQL :{self.stack.pg.port}, Kafka {self.stack.bootstrap}")
         if self.wanted("outbox_relay", "consumer_apply", "ledger_post", "ledger_post_hot_account"):
-            for mode in modes:
-                await self.stack.set_synchronous_commit(MODES[mode])
-                await self.messaging(mode)
+            await self.in_each(modes, self.messaging)
         if self.wanted("http_place_order", "pipeline_max_rate", "order_to_ledger_p99"):
             await self.stack.start_fleet()
             client = http_pairs.Http(self.stack)
@@ -263,14 +270,9 @@ class Bench:
             # order group rose from 109 to 141 us per order). The baseline's table, only ever inserted into, does not
             # age that way. Measured after the first mode's pipeline, the second column differed from the first in
             # the database's state as well as in synchronous_commit.
-            http_rates = {}
-            for mode in modes:
-                await self.stack.set_synchronous_commit(MODES[mode])
-                http_rates[mode] = await self.http(mode, client)
+            http_rates = await self.in_each(modes, lambda mode: self.http(mode, client))
             if self.wanted("pipeline_max_rate", "order_to_ledger_p99"):
-                for mode in modes:
-                    await self.stack.set_synchronous_commit(MODES[mode])
-                    await self.pipeline(mode, client, http_rate=http_rates[mode])
+                await self.in_each(modes, lambda mode: self.pipeline(mode, client, http_rate=http_rates[mode]))
         return [p for p in self.pairs.values() if p.modes]
 
 
