@@ -73,7 +73,8 @@ async def wait_until(check: Callable[[], Awaitable[bool]], *, timeout: float, in
 
 
 class RelayBench:
-    """Rows committed to the outbox in one transaction, then the relay publishes and marks them; vs a bare producer."""
+    """Rows committed to the outbox in one transaction, then the relay publishes and deletes them; against a bare
+    producer."""
 
     def __init__(self, stack: Stack, dsn: str, prefix: str) -> None:
         self.stack = stack

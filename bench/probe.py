@@ -99,8 +99,7 @@ def describe(step: http_pairs.Step, pg_roles: Mapping[str, float]) -> list[str]:
 # work falls in the stage after it.
 STAGES = (
     "place to ship",  # the order's write and answer, the client's turn, the shipment's read (orders.placed_at on)
-    "ship's write",  # waiting for and making the shipment's group write (shipments.shipped_at on)
-    "to billing",  # orders' relay, Kafka, billing's fetch (the OrderShipped outbox row's created_at on)
+    "ship to billing",  # the shipment's group write, orders' relay, Kafka, billing's fetch (shipments.shipped_at on)
     "billing to ledger",  # billing's invoice, its relay, Kafka, the ledger's fetch (billing's inbox row on)
     "ledger's post",  # the journal entry (the ledger's inbox row on, to the entry's posted_at)
 )
@@ -108,8 +107,7 @@ STAGES = (
 
 def stage_lines(timelines: list[tuple[float, ...]]) -> list[str]:
     """p50/p99 of each stage (`STAGES`) in the first and the last third of the orders, by when they were placed.
-    Each timeline is one order's times (epoch s): placed, shipped, its shipment written, billing's inbox, the
-    ledger's inbox, posted."""
+    Each timeline is one order's times (epoch s): placed, shipped, billing's inbox, the ledger's inbox, posted."""
     if len(timelines) < 3:
         return ["  stages: too few orders followed through"]
     ordered = sorted(timelines)
@@ -132,10 +130,9 @@ async def timelines(stack: Stack, tag: str) -> list[tuple[float, ...]]:
     like = f"p{tag}-%"
     shipped = await stack.fetch(
         "orders",
-        "SELECT o.customer_id, o.placed_at, s.shipped_at, x.created_at AS written, x.event_id"
+        "SELECT o.customer_id, o.placed_at, s.shipped_at, e.event_id"
         " FROM orders o JOIN shipments s ON s.order_id = o.id"
-        " JOIN order_events e ON e.order_id = o.id AND e.type = 'OrderShipped'"
-        " JOIN outbox x ON x.event_id = e.event_id WHERE o.customer_id LIKE $1",
+        " JOIN order_events e ON e.order_id = o.id AND e.type = 'OrderShipped' WHERE o.customer_id LIKE $1",
         like,
     )
     billed = {
@@ -162,7 +159,7 @@ async def timelines(stack: Stack, tag: str) -> list[tuple[float, ...]]:
         entry = posted.get(r["customer_id"])
         if entry is None or r["event_id"] not in billed:
             continue
-        times = (r["placed_at"], r["shipped_at"], r["written"], billed[r["event_id"]], entry["received_at"])
+        times = (r["placed_at"], r["shipped_at"], billed[r["event_id"]], entry["received_at"])
         out.append(tuple(t.timestamp() for t in (*times, entry["posted_at"])))
     return out
 

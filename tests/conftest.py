@@ -20,6 +20,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import FastAPI
 
+from backoffice import ops, outbox
 from backoffice.auth import issue_token
 from backoffice.settings import DEV_JWT_SECRET
 from backoffice.topics import delete_topics, ensure_topics
@@ -144,6 +145,34 @@ async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float = 3
     async with asyncio.timeout(timeout):
         while not await check():
             await asyncio.sleep(interval)
+
+
+async def published(dsn: str, topic: str, key: str, *, timeout: float = 30.0) -> list[ops.Record]:
+    """The records keyed `key` on `topic`, in the order published, once the outbox of `dsn` holds no row with that
+    key any more (its relay deletes each row once Kafka has acknowledged it): every event committed with that key."""
+
+    async def all_sent() -> bool:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM outbox WHERE key = $1)", key)
+        finally:
+            await conn.close()
+
+    await eventually(all_sent, timeout=timeout)
+    return [r for r in await ops.read_topic(BOOTSTRAP, topic) if r.key == key.encode()]
+
+
+@asynccontextmanager
+async def relay_held_off(dsn: str) -> AsyncIterator[None]:
+    """Every outbox lane of `dsn`'s database held, as a relay in another process would hold them: a service
+    running meanwhile publishes nothing and so deletes nothing, and a test reads the rows its writes committed."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        for lane in range(outbox.LANES):
+            await conn.execute("SELECT pg_advisory_lock($1, $2)", outbox.LANE_LOCK_CLASS, lane)
+        yield
+    finally:
+        await conn.close()
 
 
 async def create_topics(*names: str, partitions: int = 3, bootstrap: str = BOOTSTRAP) -> None:

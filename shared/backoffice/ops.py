@@ -113,7 +113,9 @@ async def wait_caught_up(bootstrap: str, dsns: Mapping[str, str], *, timeout: fl
 
 
 @dataclass(frozen=True)
-class DeadLetter:
+class Record:
+    """A record read from a topic (`read_topic`)."""
+
     partition: int
     offset: int
     key: bytes | None
@@ -125,9 +127,8 @@ class DeadLetter:
         return header_map(self.headers)
 
 
-async def read_dead_letters(bootstrap: str, group: str) -> list[DeadLetter]:
-    """Every record now on `<group>.dlq`, oldest first."""
-    topic = dlq_topic(group)
+async def read_topic(bootstrap: str, topic: str) -> list[Record]:
+    """Every record now on `topic`, in offset order partition by partition."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
@@ -137,14 +138,19 @@ async def read_dead_letters(bootstrap: str, group: str) -> list[DeadLetter]:
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
-        out: list[DeadLetter] = []
+        out: list[Record] = []
         while await _behind(consumer, ends):
             batch = await consumer.getmany(timeout_ms=1000)
             for records in batch.values():
-                out += [DeadLetter(r.partition, r.offset, r.key, r.value, list(r.headers or ())) for r in records]
+                out += [Record(r.partition, r.offset, r.key, r.value, list(r.headers or ())) for r in records]
         return sorted(out, key=lambda d: (d.partition, d.offset))
     finally:
         await consumer.stop()
+
+
+async def read_dead_letters(bootstrap: str, group: str) -> list[Record]:
+    """Every record now on `<group>.dlq`, oldest first."""
+    return await read_topic(bootstrap, dlq_topic(group))
 
 
 async def _behind(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
@@ -154,7 +160,7 @@ async def _behind(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -
     return False
 
 
-async def replay_dead_letters(bootstrap: str, group: str, *, ids: set[str] | None = None) -> list[DeadLetter]:
+async def replay_dead_letters(bootstrap: str, group: str, *, ids: set[str] | None = None) -> list[Record]:
     """Re-publish dead letters to their original topic with their original headers (same `ce_id`)."""
     letters = [d for d in await read_dead_letters(bootstrap, group) if not ids or d.info.get("ce_id") in ids]
     producer = new_producer(bootstrap)

@@ -16,11 +16,11 @@ from fastapi import FastAPI
 
 from backoffice import events
 from backoffice.envelope import header_map
-from backoffice.topics import delete_topics, ensure_topics
+from backoffice.topics import delete_topics, ensure_topics, events_topic
 from billing import domain, handlers
 from billing.app import create_app
 from billing.settings import Settings
-from tests.conftest import BOOTSTRAP, auth, running
+from tests.conftest import BOOTSTRAP, auth, published, running
 
 STAFF = auth("billing:read billing:write")
 ADMIN = auth("billing:read billing:write billing:admin")
@@ -97,16 +97,14 @@ class Billing:
         assert note is not None
         return note
 
-    async def outbox(self, subject: str) -> list[tuple[str, dict[str, Any]]]:
-        """`(event name, data)` of the outbox rows keyed by `subject`, in order."""
-        rows = await self.pool.fetch(
-            "SELECT headers::text AS h, payload FROM outbox WHERE key = $1 ORDER BY seq", subject
-        )
-        out = []
-        for row in rows:
-            headers = dict(orjson.loads(row["h"]))
-            out.append((headers["ce_type"].split(".")[2], orjson.loads(row["payload"])))
-        return out
+    async def published(self, subject: str) -> list[tuple[str, dict[str, Any]]]:
+        """`(event name, data)` of the events billing published keyed by `subject`, in order, once its outbox holds
+        none of them any more."""
+        topic = events_topic("billing", prefix=self.settings.topic_prefix)
+        return [
+            (r.info["ce_type"].split(".")[2], orjson.loads(r.value or b"null"))
+            for r in await published(self.settings.database_url, topic, subject)
+        ]
 
 
 async def start_billing(

@@ -133,9 +133,9 @@ class TestPayments:
         assert body["unapplied_minor"] == 0
         assert (await billing.http.get(f"/invoices/{old.id}", headers=STAFF)).json()["status"] == "paid"
         assert (await billing.http.get(f"/invoices/{new.id}", headers=STAFF)).json()["status"] == "partially_paid"
-        names = [name for name, _ in await billing.outbox(body["id"])]
+        names = [name for name, _ in await billing.published(body["id"])]
         assert names == ["PaymentReceived"]
-        paid = await billing.outbox(old.id)
+        paid = await billing.published(old.id)
         assert [n for n, _ in paid] == ["InvoiceIssued", "InvoicePaid"]
         assert paid[1][1]["order_id"] == old.order_id
         assert paid[1][1]["total_minor"] == 1200
@@ -144,14 +144,14 @@ class TestPayments:
         customer = new_id("c")
         response = await pay(billing, customer, 1000)
         assert response.json()["unapplied_minor"] == 1000
-        received = (await billing.outbox(response.json()["id"]))[0][1]
+        received = (await billing.published(response.json()["id"]))[0][1]
         assert received["amount_minor"] == 1000 and received["applied"] == [] and received["unapplied_minor"] == 1000
         first = await billing.invoice(shipped(customer, [("A", 1, 500)]))  # 600, fully from credit
         second = await billing.invoice(shipped(customer, [("A", 1, 500)]))  # 600, 400 from credit
         assert (first.status, first.balance_minor) == ("paid", 0)
         assert (second.status, second.balance_minor) == ("partially_paid", 200)
-        assert [n for n, _ in await billing.outbox(first.id)] == ["InvoiceIssued", "CreditApplied", "InvoicePaid"]
-        applied = await billing.outbox(second.id)
+        assert [n for n, _ in await billing.published(first.id)] == ["InvoiceIssued", "CreditApplied", "InvoicePaid"]
+        applied = await billing.published(second.id)
         assert [n for n, _ in applied] == ["InvoiceIssued", "CreditApplied"]
         assert applied[1][1]["amount_minor"] == 400
         statement = (await billing.http.get(f"/customers/{customer}/statement", headers=STAFF)).json()
@@ -222,7 +222,7 @@ class TestPayments:
         assert sorted(r.status_code for r in responses) == [201] * 4 + [422] * 4
         body = (await billing.http.get(f"/invoices/{inv.id}", headers=STAFF)).json()
         assert (body["balance_minor"], body["status"]) == (0, "paid")
-        assert [n for n, _ in await billing.outbox(inv.id)].count("InvoicePaid") == 1
+        assert [n for n, _ in await billing.published(inv.id)].count("InvoicePaid") == 1
 
 
 class TestCreditNotes:
@@ -235,7 +235,7 @@ class TestCreditNotes:
         assert note.number.startswith(f"CN-{datetime.now(UTC).year}-")
         body = (await billing.http.get(f"/invoices/{inv.id}", headers=STAFF)).json()
         assert (body["balance_minor"], body["status"]) == (0, "paid")
-        issued = [d for n, d in await billing.outbox(inv.id) if n == "CreditNoteIssued"]
+        issued = [d for n, d in await billing.published(inv.id) if n == "CreditNoteIssued"]
         assert issued[0]["total_minor"] == 1200 and issued[0]["to_customer_credit_minor"] == 800
         assert issued[0]["return_id"] and issued[0]["order_id"] == inv.order_id
         statement = (await billing.http.get(f"/customers/{customer}/statement", headers=STAFF)).json()
@@ -252,7 +252,7 @@ class TestCreditNotes:
         await billing.credit(returned(inv.order_id, customer, [("A", 2, 1000)]))
         body = (await billing.http.get(f"/invoices/{inv.id}", headers=STAFF)).json()
         assert (body["balance_minor"], body["status"]) == (0, "credited")
-        assert "InvoicePaid" not in [n for n, _ in await billing.outbox(inv.id)]
+        assert "InvoicePaid" not in [n for n, _ in await billing.published(inv.id)]
 
 
 def _iso(moment: datetime) -> str:
@@ -266,7 +266,7 @@ class TestDunning:
         for _ in range(2):
             run = await billing.http.post("/jobs/dunning", params={"as_of": _iso(as_of)}, headers=ADMIN)
             assert run.status_code == 200, run.text
-        overdue = [d for n, d in await billing.outbox(inv.id) if n == "InvoiceOverdue"]
+        overdue = [d for n, d in await billing.published(inv.id) if n == "InvoiceOverdue"]
         assert [d["dunning_level"] for d in overdue] == [1, 2, 3]
         assert {d["days_overdue"] for d in overdue} == {40}
         assert overdue[0]["order_id"] == inv.order_id and overdue[0]["balance_minor"] == 1200
@@ -280,7 +280,7 @@ class TestDunning:
             *(billing.http.post("/jobs/dunning", params=params, headers=ADMIN) for _ in range(4))
         )
         assert {r.status_code for r in runs} == {200}
-        overdue = [d["dunning_level"] for n, d in await billing.outbox(inv.id) if n == "InvoiceOverdue"]
+        overdue = [d["dunning_level"] for n, d in await billing.published(inv.id) if n == "InvoiceOverdue"]
         assert overdue == [1, 2, 3]
 
     async def test_levels_come_at_1_15_and_30_days(self, billing: Billing) -> None:
@@ -289,7 +289,7 @@ class TestDunning:
         for days in (0, 1, 2, 14, 15, 29, 30, 31):
             as_of = inv.due_at + timedelta(days=days, minutes=1)
             await billing.http.post("/jobs/dunning", params={"as_of": _iso(as_of)}, headers=ADMIN)
-            levels.append([d["dunning_level"] for n, d in await billing.outbox(inv.id) if n == "InvoiceOverdue"])
+            levels.append([d["dunning_level"] for n, d in await billing.published(inv.id) if n == "InvoiceOverdue"])
         assert levels == [[], [1], [1], [1], [1, 2], [1, 2], [1, 2, 3], [1, 2, 3]]
 
     async def test_an_overdue_invoice_stays_overdue_until_paid(self, billing: Billing) -> None:

@@ -63,7 +63,7 @@ class TestBills:
         made = await bill(billing, await vendor(billing))
         assert (made["subtotal_minor"], made["tax_minor"], made["total_minor"]) == (1500, 200, 1700)
         assert (made["status"], made["balance_minor"]) == ("open", 1700)
-        [(name, data)] = await billing.outbox(made["id"])
+        [(name, data)] = await billing.published(made["id"])
         assert name == "BillReceived"
         assert (data["expense_account"], data["total_minor"], data["bill_number"]) == (
             "6000",
@@ -115,7 +115,7 @@ class TestBillPayments:
         assert first.json()["bill"]["status"] == "partially_paid" and first.json()["bill"]["balance_minor"] == 1000
         second = await billing.http.post(url, json={"amount_minor": 1000, "reference": "wire 2"}, headers=key())
         assert second.json()["bill"]["status"] == "paid"
-        kinds = [name for name, _ in await billing.outbox(made["id"])]
+        kinds = [name for name, _ in await billing.published(made["id"])]
         assert kinds == ["BillReceived", "BillPaymentMade", "BillPaymentMade", "BillPaid"]
         got = (await billing.http.get(f"/bills/{made['id']}", headers=STAFF)).json()
         assert [p["amount_minor"] for p in got["payments"]] == [700, 1000]

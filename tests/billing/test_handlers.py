@@ -55,7 +55,7 @@ class TestInvoicingFromShipments:
         invoice_id = str(
             await billing.pool.fetchval("SELECT id FROM invoices WHERE shipment_id = $1", event.shipment_id)
         )
-        assert [name for name, _ in await billing.outbox(invoice_id)] == ["InvoiceIssued"]
+        assert [name for name, _ in await billing.published(invoice_id)] == ["InvoiceIssued"]
         records = await published(topics, 1, lambda r: r.key == invoice_id.encode())
         extra = await published(topics, 2, lambda r: r.key == invoice_id.encode(), timeout=2)
         assert len(records) == len(extra) == 1

@@ -175,7 +175,7 @@ class TestBatchedInvoicing:
         ]
         for shipment, number in ((a, "INV-2036-000002"), (c, "INV-2036-000004")):
             invoice_id = await billing.pool.fetchval("SELECT id::text FROM invoices WHERE number = $1", number)
-            assert [name for name, _ in await billing.outbox(invoice_id)] == ["InvoiceIssued"]
+            assert [name for name, _ in await billing.published(invoice_id)] == ["InvoiceIssued"]
             assert shipment.customer_id in await billing.pool.fetchval(
                 "SELECT string_agg(customer_id, ',') FROM customers"
             )
@@ -239,4 +239,5 @@ class TestBatchedInvoicing:
         first_id = await billing.pool.fetchval(
             "SELECT id::text FROM invoices WHERE shipment_id = $1", first.shipment_id
         )
-        assert [name for name, _ in await billing.outbox(first_id)] == ["InvoiceIssued", "CreditApplied", "InvoicePaid"]
+        published = [name for name, _ in await billing.published(first_id)]
+        assert published == ["InvoiceIssued", "CreditApplied", "InvoicePaid"]

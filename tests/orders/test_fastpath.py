@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -16,10 +16,19 @@ import pytest
 
 from backoffice.errors import Unavailable
 from orders import fastpath, store, workflow
+from orders.app import create_app
 from orders.settings import Settings
 from orders.store import OrderView
-from tests.conftest import auth
+from tests.conftest import auth, relay_held_off, running
 from tests.orders.conftest import STAFF, add_product, get_order, new_customer, place, placed, product, receive
+
+
+@pytest.fixture(scope="module")
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """This module's service with its relay kept off every outbox lane: the tests read the outbox rows (and their
+    order, which crosses keys, as Kafka's partitions do not keep) that the writes committed."""
+    async with relay_held_off(settings.database_url), running(create_app(settings)) as http:
+        yield http
 
 
 @pytest.fixture
