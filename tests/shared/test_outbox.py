@@ -27,7 +27,7 @@ async def _unsent(dsn: str) -> int:
     """Rows still in the outbox: the relay deletes each once Kafka has acknowledged it."""
     conn = await asyncpg.connect(dsn)
     try:
-        return int(await conn.fetchval("SELECT count(*) FROM outbox"))
+        return await outbox.unsent_count(conn)
     finally:
         await conn.close()
 
