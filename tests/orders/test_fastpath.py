@@ -1014,6 +1014,33 @@ class TestShipmentsWrittenAsOneSet:
         assert all(orjson.loads(r["payload"]) == orjson.loads(r["data"]) for r in published)
         assert shipments == 4
 
+    async def test_a_group_with_an_order_changed_since_its_read_is_written_shipment_by_shipment(
+        self,
+        client: httpx.AsyncClient,
+        settings: Settings,
+        set_writes: SetWrites,
+        monkeypatch: pytest.MonkeyPatch,
+        locking_calls: list[str],
+    ) -> None:
+        """The set's check of each order against what its shipment read (migration 0011): here only the history
+        differs, as when an invoice was recorded after the read."""
+        sku = await add_product(client, on_hand=20)
+        lone, changed, other = [await placed(client, {sku: 2}) for _ in range(3)]
+        before = await _view(settings, changed["id"])
+        assert (await _ship(client, changed["id"], {sku: 1})).status_code == 201
+        _read_once(monkeypatch, replace(await _view(settings, changed["id"]), history=before.history))
+        rest = [(changed["id"], {sku: 1}), (other["id"], {sku: 2})]
+        first, answers = await _shipped_after_one(client, set_writes, (lone["id"], {sku: 2}), rest)
+        assert [a.status_code for a in [first, *(a for a, _ in answers)]] == [201] * 3, [a.text for a, _ in answers]
+        [(outcomes, ids, calls)] = set_writes.seen
+        assert dict(zip(ids, outcomes, strict=True)) == {changed["id"]: "stale", other["id"]: "written"}
+        assert calls == {"ship_order_from_snapshot": 1}  # the set raised; so did the stale shipment
+        assert locking_calls == ["shipments"]
+        history = (await get_order(client, changed["id"]))["history"]
+        assert [h["type"] for h in history] == ["OrderPlaced", "OrderShipped", "OrderShipped"]
+        shown = await product(client, sku)
+        assert (shown["on_hand"], shown["reserved"]) == (20 - 6, 0)
+
     async def test_a_group_shipping_one_order_twice_is_written_shipment_by_shipment(
         self, client: httpx.AsyncClient, set_writes: SetWrites, locking_calls: list[str]
     ) -> None:
