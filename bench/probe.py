@@ -206,11 +206,7 @@ async def analyse(stack: Stack) -> None:
     """`ANALYZE` every service database, as autovacuum does within a minute of the tables filling; the plans the
     services have cached are made again with what it finds."""
     for name in SERVICES:
-        conn = await asyncpg.connect(stack.dsn(name))
-        try:
-            await conn.execute("ANALYZE")
-        finally:
-            await conn.close()
+        await stack.fetch(name, "ANALYZE")
 
 
 async def probe(
