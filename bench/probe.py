@@ -7,7 +7,8 @@ split by database (its backends) and by background process, and the CPU per orde
 loads `pg_stat_statements` and prints the statements of that database that took the most time in each step
 (`--nested` counts those run inside functions too). With `--stages` it follows each order through the services
 (`timelines`) and prints how long each stage took, in the first and the last third of the step: a stage that
-cannot keep up is the one whose time grows.
+cannot keep up is the one whose time grows. With `--perf DB` it samples that database's backends with `perf` through
+each step and prints the server functions they spent their time in (`pgperf`).
 
 The rates are not judged against anything: the point is comparing the steps of one run, such as how much of the
 cost is paid per order and how much per cycle of the relays.
@@ -34,7 +35,7 @@ import asyncpg
 import psutil
 import uvloop
 
-from bench import http_pairs
+from bench import http_pairs, pgperf
 from bench.loadgen import percentile
 from bench.stack import SERVICES, Stack
 from devstack.config import RUN_DIR
@@ -202,6 +203,16 @@ async def _statements(dsn: str, *, limit: int, orders: int) -> list[str]:
     ]
 
 
+async def backends(stack: Stack, database: str) -> list[int]:
+    """The pids of the client backends connected to `database` (the service's pool, the relay's and consumer's)."""
+    rows = await stack.fetch(
+        database,
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'client backend'"
+        " AND pid <> pg_backend_pid()",
+    )
+    return [int(r["pid"]) for r in rows]
+
+
 async def analyse(stack: Stack) -> None:
     """`ANALYZE` every service database, as autovacuum does within a minute of the tables filling; the plans the
     services have cached are made again with what it finds."""
@@ -218,7 +229,10 @@ async def probe(
     nested: bool,
     stages: bool,
     state: Path,
+    perf: str | None = None,
 ) -> None:
+    if perf:
+        pgperf.perf_binary()  # before anything starts: say now that it is missing
     stack = Stack(state)
     try:
         await stack.start()
@@ -241,6 +255,8 @@ async def probe(
         for rate in rates:
             pg = stack.pg.pid()
             before, started = pg_cpu_by_role(pg) if pg else {}, time.monotonic()
+            data = RUN_DIR / "reports" / f"perf-{perf}-{rate:g}.data"
+            sampling = pgperf.record(await backends(stack, perf), seconds=seconds, out=data) if perf else None
             step = await http_pairs.pipeline_step(client, rate=rate, seconds=seconds)
             roles = cores_by_role(before, pg_cpu_by_role(pg) if pg else {}, time.monotonic() - started)
             print("\n".join(describe(step, roles)), flush=True)
@@ -248,6 +264,11 @@ async def probe(
                 print("\n".join(stage_lines(await timelines(stack, step.tag))), flush=True)
             if statements:
                 print("\n".join(await _statements(stack.dsn(statements), limit=15, orders=step.sent)), flush=True)
+            if sampling is not None:
+                sampling.wait()
+                stacks = pgperf.samples(pgperf.script(data))
+                data.with_suffix(".txt").write_text("\n".join(pgperf.collapsed(stacks)) + "\n")
+                print("\n".join([*pgperf.summary(stacks), f"  stacks: {data.with_suffix('.txt')}"]), flush=True)
     finally:
         stack.stop()
 
@@ -262,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--statements", metavar="DB", help="print the top statements of this database per step")
     parser.add_argument("--nested", action="store_true", help="with --statements: count statements in functions")
     parser.add_argument("--stages", action="store_true", help="print how long each stage of an order took")
+    parser.add_argument("--perf", metavar="DB", help="sample this database's backends with perf during each step")
     parser.add_argument("--state", type=Path, default=RUN_DIR / "probe")
     args = parser.parse_args(argv)
     uvloop.run(
@@ -273,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             nested=args.nested,
             stages=args.stages,
             state=args.state,
+            perf=args.perf,
         )
     )
     return 0

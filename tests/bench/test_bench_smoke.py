@@ -18,7 +18,7 @@ import pytest
 
 from backoffice.db import SHARED_MIGRATIONS, Migration, load_migrations, migrate_dsn
 from backoffice.topics import ensure_topics, events_topic
-from bench import http_pairs, loadgen, probe, report
+from bench import http_pairs, loadgen, pgperf, probe, report
 from bench.ledger_post import LedgerBench
 from bench.loadgen import percentile
 from bench.messaging import ConsumerBench, RelayBench, Tail, started_producer
@@ -494,3 +494,80 @@ class TestProbe:
         step = TestStepReport._step(sustained=False, why="only 9 of 10 entries posted 15s after the load")
         assert probe.describe(step, {})[0].startswith("111/s fell behind (only 9 of 10 entries posted")
         assert probe.describe(step, {})[2] == "  postgres, over the step and its drain: idle"
+
+
+# Two samples as `perf script` prints them: a header, the frames innermost first, a blank line between samples.
+_PERF_SCRIPT = """\
+postgres 17640 36443.069799:    2004008 cpu-clock:ppp: \n\
+\t          45b0fe LWLockAttemptLock+0x1e (/pg/bin/postgres)
+\t          439e35 StartReadBuffer+0xc5 (/pg/bin/postgres)
+\t          2fdc33 ExecInterpExpr+0x7a3 (/pg/bin/postgres)
+\t          2fdc34 ExecInterpExpr+0x12 (/pg/bin/postgres)
+\t          2fdc35 PostgresMain+0x20 (/pg/bin/postgres)
+\t          2fdc36 main+0x10 (/pg/bin/postgres)
+
+postgres 17641 36443.071002:    2004008 cpu-clock:ppp: \n\
+\t            7f00 [unknown] (/usr/lib/x86_64-linux-gnu/libc.so.6)
+\t          2fdc35 PostgresMain+0x20 (/pg/bin/postgres)
+\t          2fdc36 main+0x10 (/pg/bin/postgres)
+postgres 17641 36443.073002:    2004008 cpu-clock:ppp: \n\
+\t          3ab001 ExecInterpExpr+0x1 (/pg/bin/postgres)
+\t          2fdc35 PostgresMain+0x20 (/pg/bin/postgres)
+\t          2fdc36 main+0x10 (/pg/bin/postgres)
+"""
+
+
+class TestPgPerf:
+    """`bench.pgperf`: the stacks of `perf script`, collapsed and ranked by the samples each function was in."""
+
+    def test_each_sample_is_its_stack_innermost_first_an_unnamed_frame_by_its_object(self) -> None:
+        assert pgperf.samples(_PERF_SCRIPT) == [
+            ["LWLockAttemptLock", "StartReadBuffer", "ExecInterpExpr", "ExecInterpExpr", "PostgresMain", "main"],
+            ["[libc.so.6]", "PostgresMain", "main"],
+            ["ExecInterpExpr", "PostgresMain", "main"],
+        ]
+
+    def test_collapsed_stacks_run_outermost_first_with_their_counts(self) -> None:
+        stacks = [*pgperf.samples(_PERF_SCRIPT), ["ExecInterpExpr", "PostgresMain", "main"]]
+        assert pgperf.collapsed(stacks) == [
+            "main;PostgresMain;ExecInterpExpr 2",
+            "main;PostgresMain;ExecInterpExpr;ExecInterpExpr;StartReadBuffer;LWLockAttemptLock 1",
+            "main;PostgresMain;[libc.so.6] 1",
+        ]
+
+    def test_a_function_counts_once_per_sample_and_those_on_every_stack_are_left_out(self) -> None:
+        ranked = pgperf.inclusive(pgperf.samples(_PERF_SCRIPT))
+        # ExecInterpExpr: twice on the first stack (recursion), once on the third: 2 of 3 samples
+        assert ranked == [
+            ("ExecInterpExpr", pytest.approx(2 / 3)),
+            ("LWLockAttemptLock", pytest.approx(1 / 3)),
+            ("StartReadBuffer", pytest.approx(1 / 3)),
+            ("[libc.so.6]", pytest.approx(1 / 3)),
+        ]
+        lines = pgperf.summary(pgperf.samples(_PERF_SCRIPT), top=2)
+        assert lines == [
+            "  perf: 3 samples of the backends; share of samples each function was on the stack:",
+            "     66.7% ExecInterpExpr",
+            "     33.3% LWLockAttemptLock",
+        ]
+        assert pgperf.summary([]) == ["  perf: no samples (were the database's backends idle?)"]
+
+    def test_without_perf_it_says_what_to_install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(pgperf.shutil, "which", lambda name: None)
+        with pytest.raises(pgperf.PerfMissing, match="linux-perf"):
+            pgperf.perf_binary()
+
+    async def test_the_backends_of_a_database_are_its_connections_not_the_one_asking(
+        self, make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
+        stack = _TestStack(make_database)
+        dsn = await stack.database("perf_probe")
+        name = dsn.rsplit("/", 1)[1]
+        before = await probe.backends(stack, name)
+        conn = await asyncpg.connect(dsn)
+        try:
+            pid = conn.get_server_pid()
+            during = await probe.backends(stack, name)
+        finally:
+            await conn.close()
+        assert pid not in before and pid in during
