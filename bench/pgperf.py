@@ -19,6 +19,25 @@ from pathlib import Path
 
 # One frame of `perf script`'s default output: `<address> <symbol>+<offset> (<object>)`, indented.
 _FRAME = re.compile(r"^\s+[0-9a-f]+ (?P<symbol>.+?)(?:\+0x[0-9a-f]+)? \((?P<object>[^)]*)\)\s*$")
+# The compiler's clones of a function (`RI_FKey_check.isra.0`, `exec_stmt_execsql.constprop.0`) are that function.
+_CLONE = re.compile(r"(?:\.(?:isra|constprop|part|cold)(?:\.\d+)?)+$")
+# What a statement's time is made of, each by the server function that does it (a sample counts for each of these
+# found on its stack, so they overlap where one calls another: the commit holds the WAL flush).
+CENTRES = (
+    ("planning", "standard_planner"),
+    ("executor start", "standard_ExecutorStart"),
+    ("index lookups", "_bt_first"),
+    ("index inserts", "btinsert"),
+    ("heap inserts", "heap_insert"),
+    ("heap updates", "heap_update"),
+    ("row locks", "heap_lock_tuple"),
+    ("foreign-key checks", "RI_FKey_check"),
+    ("sorts, with their input", "ExecSort"),
+    ("JSON parsing", "pg_parse_json"),
+    ("commit", "CommitTransaction"),
+    ("WAL flush", "XLogFlush"),
+    ("reading the client", "secure_read"),
+)
 # Functions on (nearly) every stack of a backend: they say nothing about where its time went.
 _EVERYWHERE = 0.95
 
@@ -58,7 +77,7 @@ def samples(text: str) -> list[list[str]]:
     for line in text.splitlines():
         frame = _FRAME.match(line)
         if frame:
-            symbol = frame["symbol"]
+            symbol = _CLONE.sub("", frame["symbol"])
             if symbol == "[unknown]" and frame["object"] not in ("", "[unknown]"):
                 symbol = f"[{Path(frame['object']).name}]"
             stack.append(symbol)
@@ -87,10 +106,21 @@ def inclusive(stacks: list[list[str]], *, top: int = 25) -> list[tuple[str, floa
     return sorted(((s, share) for s, share in shares if share < _EVERYWHERE), key=lambda kv: (-kv[1], kv[0]))[:top]
 
 
+def centres(stacks: list[list[str]]) -> list[tuple[str, float]]:
+    """The share of samples in each of `CENTRES`."""
+    if not stacks:
+        return []
+    held = [set(stack) for stack in stacks]
+    return [(name, sum(function in frames for frames in held) / len(stacks)) for name, function in CENTRES]
+
+
 def summary(stacks: list[list[str]], *, top: int = 25) -> list[str]:
-    """The lines the probe prints for one step."""
+    """The lines the probe prints for one step: the share of samples in each of `CENTRES`, then the functions found
+    on the most stacks."""
     if not stacks:
         return ["  perf: no samples (were the database's backends idle?)"]
-    lines = [f"  perf: {len(stacks)} samples of the backends; share of samples each function was on the stack:"]
+    lines = [f"  perf: {len(stacks)} samples of the backends; share of the samples in:"]
+    lines.append("    " + ", ".join(f"{name} {100 * share:.1f}%" for name, share in centres(stacks)))
+    lines.append("  the functions on the most stacks:")
     lines += [f"    {100 * share:5.1f}% {symbol}" for symbol, share in inclusive(stacks, top=top)]
     return lines

@@ -502,6 +502,7 @@ postgres 17640 36443.069799:    2004008 cpu-clock:ppp: \n\
 \t          45b0fe LWLockAttemptLock+0x1e (/pg/bin/postgres)
 \t          439e35 StartReadBuffer+0xc5 (/pg/bin/postgres)
 \t          2fdc33 ExecInterpExpr+0x7a3 (/pg/bin/postgres)
+\t          2fdc34 RI_FKey_check.isra.0+0x12 (/pg/bin/postgres)
 \t          2fdc34 ExecInterpExpr+0x12 (/pg/bin/postgres)
 \t          2fdc35 PostgresMain+0x20 (/pg/bin/postgres)
 \t          2fdc36 main+0x10 (/pg/bin/postgres)
@@ -520,9 +521,12 @@ postgres 17641 36443.073002:    2004008 cpu-clock:ppp: \n\
 class TestPgPerf:
     """`bench.pgperf`: the stacks of `perf script`, collapsed and ranked by the samples each function was in."""
 
-    def test_each_sample_is_its_stack_innermost_first_an_unnamed_frame_by_its_object(self) -> None:
+    def test_each_sample_is_its_stack_innermost_first_a_clone_by_its_function_an_unnamed_frame_by_its_object(
+        self,
+    ) -> None:
         assert pgperf.samples(_PERF_SCRIPT) == [
-            ["LWLockAttemptLock", "StartReadBuffer", "ExecInterpExpr", "ExecInterpExpr", "PostgresMain", "main"],
+            ["LWLockAttemptLock", "StartReadBuffer", "ExecInterpExpr", "RI_FKey_check", "ExecInterpExpr"]
+            + ["PostgresMain", "main"],
             ["[libc.so.6]", "PostgresMain", "main"],
             ["ExecInterpExpr", "PostgresMain", "main"],
         ]
@@ -531,7 +535,7 @@ class TestPgPerf:
         stacks = [*pgperf.samples(_PERF_SCRIPT), ["ExecInterpExpr", "PostgresMain", "main"]]
         assert pgperf.collapsed(stacks) == [
             "main;PostgresMain;ExecInterpExpr 2",
-            "main;PostgresMain;ExecInterpExpr;ExecInterpExpr;StartReadBuffer;LWLockAttemptLock 1",
+            "main;PostgresMain;ExecInterpExpr;RI_FKey_check;ExecInterpExpr;StartReadBuffer;LWLockAttemptLock 1",
             "main;PostgresMain;[libc.so.6] 1",
         ]
 
@@ -541,14 +545,25 @@ class TestPgPerf:
         assert ranked == [
             ("ExecInterpExpr", pytest.approx(2 / 3)),
             ("LWLockAttemptLock", pytest.approx(1 / 3)),
+            ("RI_FKey_check", pytest.approx(1 / 3)),
             ("StartReadBuffer", pytest.approx(1 / 3)),
             ("[libc.so.6]", pytest.approx(1 / 3)),
         ]
-        lines = pgperf.summary(pgperf.samples(_PERF_SCRIPT), top=2)
-        assert lines == [
-            "  perf: 3 samples of the backends; share of samples each function was on the stack:",
-            "     66.7% ExecInterpExpr",
-            "     33.3% LWLockAttemptLock",
+
+    def test_the_summary_gives_each_centre_s_share_then_the_functions_on_the_most_stacks(self) -> None:
+        stacks = [*pgperf.samples(_PERF_SCRIPT), ["XLogFlush", "CommitTransaction", "PostgresMain", "main"]]
+        assert dict(pgperf.centres(stacks)) == {
+            name: {"foreign-key checks": 0.25, "commit": 0.25, "WAL flush": 0.25}.get(name, 0.0)
+            for name, _ in pgperf.CENTRES
+        }
+        lines = pgperf.summary(stacks, top=2)
+        assert lines[0] == "  perf: 4 samples of the backends; share of the samples in:"
+        assert "foreign-key checks 25.0%" in lines[1] and "commit 25.0%, WAL flush 25.0%" in lines[1]
+        assert "planning 0.0%" in lines[1]
+        assert lines[2:] == [
+            "  the functions on the most stacks:",
+            "     50.0% ExecInterpExpr",
+            "     25.0% CommitTransaction",
         ]
         assert pgperf.summary([]) == ["  perf: no samples (were the database's backends idle?)"]
 
