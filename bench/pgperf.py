@@ -3,9 +3,10 @@
 `pg_stat_statements` says which statements took the time, not what in them did: planning, starting the executor,
 foreign-key checks, index inserts, the commit's WAL flush. The embedded PostgreSQL binaries keep their symbols, so
 `perf record --call-graph dwarf` on a database's backends shows that. `bench.probe --perf orders` uses this for each
-step: it prints the functions found in the most samples (a function's share counts the samples it was anywhere on
-the stack, so callers include their callees), and keeps the stacks collapsed (`frame;frame;... count`, as py-spy's
-raw output and flame-graph tools have them) in `.run/reports/perf-<db>-<rate>.txt`.
+step: it prints the share of the samples in each of `CENTRES` (planning, index inserts, the commit, ...), then the
+functions found in the most samples (a function's share counts the samples it was anywhere on the stack, so callers
+include their callees), and keeps the stacks collapsed (`frame;frame;... count`, as py-spy's raw output and
+flame-graph tools have them) in `.run/reports/perf-<db>-<rate>.txt`; the raw samples are deleted once read.
 """
 
 from __future__ import annotations
@@ -62,8 +63,9 @@ def record(pids: Iterable[int], *, seconds: float, out: Path) -> subprocess.Pope
 
 
 def script(data: Path) -> str:
-    """The samples of a `record`, as `perf script` prints them."""
+    """The samples of a `record`, as `perf script` prints them; the record is deleted (tens of MB a step)."""
     result = subprocess.run([perf_binary(), "script", "-i", str(data)], capture_output=True, text=True, check=False)
+    data.unlink(missing_ok=True)
     if result.returncode != 0:
         raise RuntimeError(f"perf script failed: {result.stderr.strip()[-500:]}")
     return result.stdout

@@ -256,7 +256,8 @@ async def probe(
             pg = stack.pg.pid()
             before, started = pg_cpu_by_role(pg) if pg else {}, time.monotonic()
             data = RUN_DIR / "reports" / f"perf-{perf}-{rate:g}.data"
-            sampling = pgperf.record(await backends(stack, perf), seconds=seconds, out=data) if perf else None
+            pids = await backends(stack, perf) if perf else []
+            sampling = pgperf.record(pids, seconds=seconds, out=data) if pids else None
             step = await http_pairs.pipeline_step(client, rate=rate, seconds=seconds)
             roles = cores_by_role(before, pg_cpu_by_role(pg) if pg else {}, time.monotonic() - started)
             print("\n".join(describe(step, roles)), flush=True)
@@ -264,6 +265,8 @@ async def probe(
                 print("\n".join(stage_lines(await timelines(stack, step.tag))), flush=True)
             if statements:
                 print("\n".join(await _statements(stack.dsn(statements), limit=15, orders=step.sent)), flush=True)
+            if perf and sampling is None:
+                print(f"  perf: no backend of {perf} was connected to sample", flush=True)
             if sampling is not None:
                 sampling.wait()
                 stacks = pgperf.samples(pgperf.script(data))
