@@ -67,6 +67,8 @@ def service_command(service: str, port: int) -> list[str]:
         "--port",
         str(port),
         "--no-access-log",
+        "--http",
+        "backoffice.server:HttpProtocol",
         "--timeout-graceful-shutdown",
         "10",
     ]

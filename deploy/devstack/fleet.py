@@ -44,6 +44,8 @@ class ServiceProcess:
             "--port",
             str(self.port),
             "--no-access-log",
+            "--http",
+            "backoffice.server:HttpProtocol",
             "--timeout-graceful-shutdown",
             "5",
         ]

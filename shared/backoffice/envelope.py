@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from backoffice import context
 from backoffice.events import ANY_EVENT, TYPES, Event, now
+from backoffice.ids import new_id
 from backoffice.topics import events_topic
 
 Headers = list[tuple[str, bytes]]
@@ -24,7 +25,7 @@ class PoisonRecord(ValueError):
 @dataclass(frozen=True)
 class Envelope:
     event: Event
-    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    id: str = field(default_factory=new_id)
     time: datetime = field(default_factory=now)
     correlation_id: str | None = None
     traceparent: str | None = None

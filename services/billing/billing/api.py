@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from backoffice import events, idempotency, outbox, problems
 from backoffice.db import Conn
 from backoffice.errors import NotFound
+from backoffice.ids import new_id
 from backoffice.pagination import Cursor, Limit, Page, page
 from billing import domain, jobs, schemas, store, store_reports
 from billing.deps import Admin, AsOf, CustomerPath, CustomerQuery, Read, Write, after_seq, settings_of
@@ -95,7 +96,7 @@ def _payment_in(body: schemas.PaymentIn) -> domain.PaymentIn:
             events.Allocation(invoice_id=str(a.invoice_id), amount_minor=a.amount_minor) for a in body.allocations
         )
     return domain.PaymentIn(
-        id=str(uuid.uuid4()),
+        id=new_id(),
         customer_id=body.customer_id,
         currency=body.currency,
         amount_minor=body.amount_minor,

@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from backoffice import idempotency, outbox, problems
 from backoffice.db import Conn
 from backoffice.errors import Conflict, NotFound, Unprocessable
+from backoffice.ids import new_id
 from backoffice.pagination import Cursor, Limit, Page, page
 from billing import payables, schemas, store_payables
 from billing.deps import StaffRead, Write, after_seq
@@ -24,7 +25,7 @@ async def create_vendor(body: schemas.VendorIn, request: Request, principal: Wri
 
     async def operation(conn: Conn) -> tuple[int, Any]:
         row = await store_payables.insert_vendor(
-            conn, vendor_id=str(uuid.uuid4()), name=body.name, payment_terms_days=body.payment_terms_days
+            conn, vendor_id=new_id(), name=body.name, payment_terms_days=body.payment_terms_days
         )
         return 201, schemas.VendorOut.of_row(row)
 
@@ -56,7 +57,7 @@ async def _receive_bill(conn: Conn, body: schemas.BillIn) -> schemas.BillOut:
         raise Unprocessable("no such vendor", field="body.vendor_id")
     now = datetime.now(UTC)
     bill, caused = payables.receive_bill(
-        bill_id=str(uuid.uuid4()),
+        bill_id=new_id(),
         vendor_id=str(body.vendor_id),
         bill_number=body.bill_number,
         currency=body.currency,
@@ -115,7 +116,7 @@ async def _pay_bill(conn: Conn, bill_id: str, body: schemas.BillPaymentIn) -> sc
     bill = await store_payables.lock_bill(conn, bill_id=bill_id)
     if bill is None:
         raise NotFound("bill not found")
-    payment_id = str(uuid.uuid4())
+    payment_id = new_id()
     paid_at = body.paid_at or datetime.now(UTC)
     bill, caused = payables.pay_bill(bill, payment_id=payment_id, amount_minor=body.amount_minor, paid_at=paid_at)
     await store_payables.insert_bill_payment(

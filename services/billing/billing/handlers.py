@@ -6,7 +6,6 @@ return already billed (the same event delivered again, or re-published under a n
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import cast
@@ -18,6 +17,7 @@ from backoffice.consumer import Batched, Handler
 from backoffice.db import Conn
 from backoffice.envelope import Envelope
 from backoffice.errors import Conflict, NotFound
+from backoffice.ids import new_id
 from billing import domain, store, store_dunning
 from billing.settings import Settings
 
@@ -61,7 +61,7 @@ async def invoice_shipments(
         days = terms.get(shipped.customer_id)
         invoice, caused = domain.issue_invoice(
             shipped,
-            invoice_id=str(uuid.uuid4()),
+            invoice_id=new_id(),
             number=domain.document_number("INV", at.year, number),
             tax_rate_bps=tax_rate_bps,
             terms_days=default_terms_days if days is None else days,
@@ -97,7 +97,7 @@ async def credit_return(conn: Conn, returned: events.OrderReturned, *, at: datet
     note, invoice, caused = domain.credit_return(
         returned,
         invoice,
-        credit_note_id=str(uuid.uuid4()),
+        credit_note_id=new_id(),
         number=domain.document_number("CN", at.year, n),
         at=at,
         prior=await store.credited_on_invoice(conn, invoice_id=invoice.id),

@@ -12,6 +12,7 @@ from backoffice import events, express
 from backoffice.auth import Principal, require
 from backoffice.db import Conn
 from backoffice.errors import Conflict, NotFound, Unprocessable
+from backoffice.ids import new_id
 from backoffice.pagination import Cursor, Limit, Page, decode_cursor, page
 from orders import domain, fastpath, schemas, store, workflow
 
@@ -107,7 +108,7 @@ async def adjust_stock(sku: SkuPath, body: schemas.StockAdjustment, request: Req
             raise NotFound(f"product {sku} not found")
         adjusted = domain.adjust_stock(product, delta=body.delta)
         await store.save_stock(conn, products=[adjusted], now=now)
-        adjustment_id = str(uuid.uuid4())
+        adjustment_id = new_id()
         await store.insert_adjustment(
             conn,
             adjustment_id=adjustment_id,
@@ -223,7 +224,7 @@ async def ship_order(order_id: uuid.UUID, body: schemas.Ship, request: Request, 
             order_id=str(order_id),
             decide=lambda order, catalogue: domain.ship(
                 order,
-                shipment_id=str(uuid.uuid4()),
+                shipment_id=new_id(),
                 items=body.items(),
                 catalogue=catalogue,
                 carrier=body.carrier,
@@ -267,7 +268,7 @@ async def return_items(order_id: uuid.UUID, body: schemas.Return, request: Reque
             order_id=str(order_id),
             decide=lambda order, catalogue: domain.return_items(
                 order,
-                return_id=str(uuid.uuid4()),
+                return_id=new_id(),
                 items=body.items(),
                 reason=body.reason,
                 restock=body.restock,

@@ -42,6 +42,7 @@ from backoffice import auth, db, events, idempotency, outbox
 from backoffice.auth import Principal
 from backoffice.envelope import Envelope
 from backoffice.errors import Conflict, DomainError, Unavailable
+from backoffice.ids import new_id
 from orders import domain, schemas, store, workflow
 
 log = structlog.get_logger("orders.fastpath")
@@ -195,7 +196,7 @@ async def ship(request: Request, *, principal: Principal, order_id: str, body: s
     try:
         order, shipped = domain.shipment(
             read,
-            shipment_id=str(uuid.uuid4()),
+            shipment_id=new_id(),
             items=body.items(),
             carrier=body.carrier,
             tracking_number=body.tracking_number,

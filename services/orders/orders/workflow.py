@@ -7,7 +7,6 @@ opposite directions.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -22,6 +21,7 @@ from backoffice.auth import Principal
 from backoffice.db import Conn
 from backoffice.envelope import Envelope
 from backoffice.errors import NotFound, Unavailable
+from backoffice.ids import new_id
 from orders import domain, schemas, store
 
 _ATTEMPTS = 3
@@ -49,7 +49,7 @@ def place(body: schemas.PlaceOrder, *, catalogue: Mapping[str, domain.Product], 
     """Price the order's lines from `catalogue` and reserve their stock (`domain.place_order`), under a new id."""
     address = body.shipping_address
     return domain.place_order(
-        order_id=str(uuid.uuid4()),
+        order_id=new_id(),
         customer_id=body.customer_id,
         currency=body.currency,
         items=body.items(),

@@ -12,6 +12,7 @@ from backoffice import events, idempotency, outbox, problems
 from backoffice.auth import Principal, require
 from backoffice.db import Conn
 from backoffice.errors import Forbidden, NotFound, Unprocessable
+from backoffice.ids import new_id
 from backoffice.pagination import Cursor, Limit, Page, decode_cursor, encode_cursor
 from support import domain, schemas, store
 from support.settings import Settings
@@ -92,7 +93,7 @@ async def open_ticket(body: schemas.OpenTicket, request: Request, principal: Wri
     async def operation(conn: Conn) -> tuple[int, Any]:
         await _check_owner(conn, kind="order", ref_id=order_id, customer_id=body.customer_id)
         await _check_owner(conn, kind="invoice", ref_id=invoice_id, customer_id=body.customer_id)
-        opened = domain.open_ticket(draft, ticket_id=str(uuid.uuid4()), policy=settings.sla_policy, at=events.now())
+        opened = domain.open_ticket(draft, ticket_id=new_id(), policy=settings.sla_policy, at=events.now())
         await store.insert_ticket(conn, ticket=opened.ticket)
         await outbox.append_many(conn, opened.events)
         return 201, await detail(conn, opened.ticket, principal)
@@ -157,7 +158,7 @@ async def post_message(ticket_id: TicketId, body: schemas.PostMessage, request: 
             kind="customer" if principal.is_customer else "agent",
             visibility=body.visibility,
             body=body.body,
-            message_id=str(uuid.uuid4()),
+            message_id=new_id(),
             at=events.now(),
         )
         await store.insert_message(conn, message=message)
@@ -225,7 +226,7 @@ async def change_status(
                 kind="agent",
                 visibility="internal",
                 body=body.note,
-                message_id=str(uuid.uuid4()),
+                message_id=new_id(),
                 at=at,
             )
             await store.insert_message(conn, message=note)
@@ -253,7 +254,7 @@ async def open_dispute(ticket_id: TicketId, body: schemas.OpenDispute, request: 
             ticket,
             invoice_id=invoice_id,
             reason=body.reason,
-            dispute_id=str(uuid.uuid4()),
+            dispute_id=new_id(),
             at=events.now(),
             open_disputes=await store.list_disputes(conn, ticket_id=ticket.id, only_open=True),
         )

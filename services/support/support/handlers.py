@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 
 from backoffice import events, outbox
 from backoffice.consumer import Batched, Handler
 from backoffice.db import Conn
 from backoffice.envelope import Envelope
+from backoffice.ids import new_id
 from support import domain, store, timeline
 from support.settings import SlaTarget
 
@@ -53,7 +53,7 @@ async def hear_trouble(conn: Conn, envelope: Envelope, *, policy: Mapping[str, S
     at = events.now()
     ticket = await store.find_unresolved_for(conn, link=trouble.link, link_id=trouble.link_id)
     if ticket is None:
-        opened = domain.open_ticket(trouble.draft, ticket_id=str(uuid.uuid4()), policy=policy, at=at)
+        opened = domain.open_ticket(trouble.draft, ticket_id=new_id(), policy=policy, at=at)
         ticket = opened.ticket
         await store.insert_ticket(conn, ticket=ticket)
         await outbox.append_many(conn, opened.events)
@@ -63,7 +63,7 @@ async def hear_trouble(conn: Conn, envelope: Envelope, *, policy: Mapping[str, S
         kind="system",
         visibility="internal",
         body=trouble.note,
-        message_id=str(uuid.uuid4()),
+        message_id=new_id(),
         at=at,
     )
     await store.insert_message(conn, message=message)
