@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -376,3 +377,40 @@ class TestWaking:
             records = await read_topic(events_topic("orders", prefix=topics), until=lambda rs: kept.id in ce_ids(rs))
         mine = [r.key.decode() for r in records if r.key.decode() in ("wake-rolled-back", "wake-kept")]
         assert mine == ["wake-kept"]
+
+
+class TestReadPlan:
+    async def test_a_backlog_is_read_in_seq_order_from_the_primary_key_and_stops_after_a_batch(
+        self, make_database: Callable[[str], Awaitable[str]]
+    ) -> None:
+        dsn = await messaging_db(await make_database("outbox_plan"))
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.executemany(
+                "INSERT INTO outbox (event_id, lane, topic, key, headers, payload)"
+                " VALUES (gen_random_uuid(), $1, 't', $2, '[]', '\\x00')",
+                [(n % outbox.LANES, f"k{n}") for n in range(20_000)],
+            )
+            await conn.execute("ANALYZE outbox")
+            indexes = [
+                r["indexname"] for r in await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'outbox'")
+            ]
+            plan = "\n".join(
+                r[0]
+                for r in await conn.fetch(
+                    "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF)"
+                    " SELECT seq FROM outbox WHERE sent_at IS NULL AND lane = ANY($1::int[])"
+                    " AND seq <> ALL($3::bigint[]) AND seq <> ALL($4::bigint[]) ORDER BY seq LIMIT $2",
+                    list(range(0, outbox.LANES, 2)),
+                    500,
+                    [],
+                    [],
+                )
+            )
+        finally:
+            await conn.close()
+        assert "outbox_unsent_seq" not in indexes  # its entries duplicated the primary key's (migration 0007)
+        assert "Index Scan using outbox_pkey" in plan and "Sort" not in plan, plan
+        # it stopped after the batch: 500 rows of the lanes asked for, about as many of the others passed over
+        assert float(re.search(r"Index Scan.*actual rows=([\d.]+)", plan)[1]) == 500, plan  # type: ignore[index]
+        assert int(re.search(r"Rows Removed by Filter: (\d+)", plan)[1]) < 1000, plan  # type: ignore[index]
