@@ -13,17 +13,13 @@ after every poll: at most every `commit_interval` seconds while records flow, at
 quiet, when they are revoked and when the consumer stops. Under a trickle a commit per poll (a write to
 `__consumer_offsets` each) was a large share of the broker's work; the cost of the pace is that a crash re-reads
 at most an interval's worth of records, which the inbox skips.
-
-A record of an event type this consumer has no handler for is passed over before it is decoded: validating its data
-only to drop it cost billing a model validation of every order placed (5 us each). Poison is still found in every
-record of a type it applies, and in any record whose type is missing or unknown.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import asyncpg
@@ -36,7 +32,7 @@ from backoffice import context
 from backoffice.db import Conn
 from backoffice.envelope import Envelope, PoisonRecord, decode
 from backoffice.errors import DomainError, TransientError
-from backoffice.events import TYPES, Event
+from backoffice.events import Event
 from backoffice.outbox import new_producer
 from backoffice.topics import dlq_topic
 
@@ -131,17 +127,6 @@ async def _apply_run(conn: Conn, handler: Handler | None, envelopes: list[Envelo
 class DeadLetter:
     record: ConsumerRecord  # type: ignore[type-arg]
     reason: str
-
-
-def _ce_type(headers: Sequence[tuple[str, bytes]] | None) -> str | None:
-    """The record's `ce_type` header, if it has one that is text."""
-    for name, value in headers or ():
-        if name == "ce_type":
-            try:
-                return value.decode()
-            except (AttributeError, UnicodeDecodeError):
-                return None
-    return None
 
 
 class Consumer:
@@ -327,9 +312,6 @@ class Consumer:
         dead: list[DeadLetter] = []
         todo: list[tuple[ConsumerRecord, Envelope, Handler]] = []  # type: ignore[type-arg]
         for record in records:
-            kind = _ce_type(record.headers)
-            if kind in TYPES and kind not in self.handlers:
-                continue  # an event this consumer does not apply (billing hears every order placed): not decoded
             try:
                 envelope = decode(record.headers, record.value)
             except PoisonRecord as exc:

@@ -376,33 +376,6 @@ class TestPoison:
         assert "not JSON" in reasons and "unknown event type" in reasons and "schema" in reasons
         assert "rejected: NotFound" in reasons
 
-    async def test_a_record_of_a_type_it_does_not_apply_is_passed_over_without_being_decoded(
-        self, channel: tuple[str, str], make_database: Callable[[str], Awaitable[str]]
-    ) -> None:
-        topic, group = channel
-        dsn = await _db(await make_database("consumer_not_mine"))
-        _, _, shipped_headers = encode(
-            Envelope(
-                event=OrderShipped(
-                    order_id="o",
-                    customer_id="c",
-                    shipment_id="s",
-                    currency="EUR",
-                    lines=(Line(sku="A", quantity=1, unit_price_minor=100),),
-                    subtotal_minor=100,
-                    shipped_at=datetime.now(UTC),
-                )
-            )
-        )
-        # a type this consumer has no handler for, with a value no one could decode: someone else's poison
-        await produce(topic, [good("g1", 1), (b"s1", b"{not json", shipped_headers), good("g2", 2)])
-        async with consuming(dsn, group=group, topic=topic):  # applies OrderConfirmed only
-            await eventually(lambda: _effects_at_least(dsn, 2))
-            await asyncio.sleep(1.0)  # time for a dead letter, had there been one
-        assert await count(dsn) == 2
-        assert await count(dsn, "SELECT count(*) FROM inbox") == 2  # nothing recorded for the record passed over
-        assert await read_topic(f"{group}.dlq", until=lambda rs: bool(rs), timeout=2.0) == []
-
 
 @pytest.fixture
 async def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[PostgresServer]:
