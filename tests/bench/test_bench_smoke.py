@@ -390,6 +390,52 @@ class TestClientCounts:
         assert fake.most_in_flight == clients
 
 
+class TestClientPool:
+    async def test_requests_beyond_its_connections_wait_for_one_and_their_wait_counts_in_open_loop_latency(
+        self,
+    ) -> None:
+        connections = 0
+        most = 0
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal connections, most
+            connections += 1
+            most = max(most, connections)
+            try:
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                    await reader.readexactly(length)
+                    await asyncio.sleep(0.02)
+                    writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                connections -= 1
+                writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        client = loadgen.Client(server.sockets[0].getsockname()[1], max_connections=8)
+
+        async def operation(n: int) -> bool:
+            status, _ = await client.request("POST", "/x", body={"n": n})
+            return status == 201
+
+        try:
+            run = await loadgen.open_loop(operation, rate=2000, seconds=0.05)  # 100 due within 50 ms
+        finally:
+            client.close()
+            while connections:  # each handler sees its connection closed and returns
+                await asyncio.sleep(0.01)
+            server.close()
+            await server.wait_closed()
+        assert run.done == 100 and run.errors == 0
+        assert most == 8 and client.opened == 8  # never more connections than its slots, each one reused
+        # 100 requests of 20 ms on 8 connections take 13 turns of 20 ms; the last was due 50 ms after the first and
+        # waited for the others (without the bound, each is answered in about 20 ms)
+        assert run.p(100) >= 13 * 20 - 50 - 20
+
+
 class _FakeService:
     def __init__(self, name: str, log: list[str]) -> None:
         self.name, self.log = name, log
