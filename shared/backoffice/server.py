@@ -22,52 +22,27 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 FLUSH_AT = 64 * 1024
 
 
-class CoalescingTransport(asyncio.Transport):
-    """A transport that holds what is written until the event loop's next turn (or `FLUSH_AT` bytes, or `close`)
-    and then writes it to the real transport in one call; everything else is the real transport's."""
+class ForwardingTransport(asyncio.Transport):
+    """A transport that hands every call to the transport under it; subclasses change what they need."""
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, transport: asyncio.Transport) -> None:
         super().__init__()
         self._transport = transport
-        self._loop = loop
-        self._held: list[bytes] = []
-        self._size = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not data:
-            return
-        if not self._held:
-            self._loop.call_soon(self.flush)
-        self._held.append(bytes(data))
-        self._size += len(data)
-        if self._size >= FLUSH_AT:
-            self.flush()
+        self._transport.write(data)
 
     def writelines(self, list_of_data: Any) -> None:
         for data in list_of_data:
             self.write(data)
 
-    def flush(self) -> None:
-        """Write what is held, if anything (a connection already closing drops it, as its transport would)."""
-        if not self._held:
-            return
-        data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
-        self._held = []
-        self._size = 0
-        if not self._transport.is_closing():
-            self._transport.write(data)
-
     def close(self) -> None:
-        self.flush()
         self._transport.close()
 
     def abort(self) -> None:
-        self._held = []
-        self._size = 0
         self._transport.abort()
 
     def write_eof(self) -> None:
-        self.flush()
         self._transport.write_eof()
 
     def can_write_eof(self) -> bool:
@@ -98,10 +73,57 @@ class CoalescingTransport(asyncio.Transport):
         self._transport.set_write_buffer_limits(high, low)
 
     def get_write_buffer_size(self) -> int:
-        return self._size + self._transport.get_write_buffer_size()
+        return self._transport.get_write_buffer_size()
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return self._transport.get_write_buffer_limits()
+
+
+class CoalescingTransport(ForwardingTransport):
+    """A transport that holds what is written until the event loop's next turn (or `FLUSH_AT` bytes, or `close`)
+    and then writes it to the real transport in one call; everything else is the real transport's."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(transport)
+        self._loop = loop
+        self._held: list[bytes] = []
+        self._size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        if not self._held:
+            self._loop.call_soon(self.flush)
+        self._held.append(bytes(data))
+        self._size += len(data)
+        if self._size >= FLUSH_AT:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is held, if anything (a connection already closing drops it, as its transport would)."""
+        if not self._held:
+            return
+        data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
+        self._held = []
+        self._size = 0
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        super().close()
+
+    def abort(self) -> None:
+        self._held = []
+        self._size = 0
+        super().abort()
+
+    def write_eof(self) -> None:
+        self.flush()
+        super().write_eof()
+
+    def get_write_buffer_size(self) -> int:
+        return self._size + super().get_write_buffer_size()
 
 
 class HttpProtocol(HttpToolsProtocol):

@@ -111,37 +111,16 @@ def _app() -> FastAPI:
     return app
 
 
-class Counted(asyncio.Transport):
+class Counted(server.ForwardingTransport):
     """The socket's transport, with each write it is given recorded."""
 
     def __init__(self, transport: asyncio.Transport, writes: list[bytes]) -> None:
-        super().__init__()
-        self._transport, self._writes = transport, writes
+        super().__init__(transport)
+        self._writes = writes
 
     def write(self, data: Any) -> None:
         self._writes.append(bytes(data))
-        self._transport.write(data)
-
-    def close(self) -> None:
-        self._transport.close()
-
-    def abort(self) -> None:
-        self._transport.abort()
-
-    def is_closing(self) -> bool:
-        return self._transport.is_closing()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._transport.get_extra_info(name, default)
-
-    def pause_reading(self) -> None:
-        self._transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._transport.resume_reading()
-
-    def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size()
+        super().write(data)
 
 
 @pytest.fixture
