@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import random
-import uuid
 from contextvars import ContextVar
 
 from structlog.typing import EventDict, WrappedLogger
+
+from backoffice.ids import new_id
 
 _correlation: ContextVar[str | None] = ContextVar("correlation_id", default=None)
 _traceparent: ContextVar[str | None] = ContextVar("traceparent", default=None)
@@ -28,8 +29,8 @@ def trace_id() -> str | None:
 
 def _hex_id(bits: int) -> str:
     """A random trace or span id (never all zeros), as OpenTelemetry makes them: from `random`, not the system's
-    entropy source, which costs a system call per id and is not needed for ids that only have to be unique (the
-    same goes for a new correlation id)."""
+    entropy source, which costs a system call per id and is not needed for ids that only have to be unique. A new
+    correlation id is a UUID like every other id (`backoffice.ids.new_id`)."""
     value = 0
     while value == 0:
         value = _ids.getrandbits(bits)
@@ -62,7 +63,7 @@ def _valid_traceparent(value: str | None) -> str | None:
 
 def bind(*, correlation: str | None, parent: str | None) -> str:
     """Bind the correlation (or a new one) and trace context for this task; return the correlation id."""
-    cid = (correlation or "").strip()[:128] or str(uuid.UUID(int=_ids.getrandbits(128), version=4))
+    cid = (correlation or "").strip()[:128] or new_id()
     trace = _valid_traceparent(parent) or f"00-{_hex_id(128)}-{_hex_id(64)}-01"
     _correlation.set(cid)
     _traceparent.set(trace)
