@@ -191,7 +191,8 @@ async def open_loop(operation: Operation, *, rate: float, seconds: float, timeou
 
     async def one(n: int, due: float) -> None:
         try:
-            ok = await asyncio.wait_for(operation(n), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: that is one more task for every operation
+                ok = await operation(n)
         except (OSError, HttpError, asyncio.IncompleteReadError, TimeoutError) as exc:
             ok = False
             run.first_error = run.first_error or repr(exc)
