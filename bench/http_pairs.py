@@ -39,8 +39,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CLIENTS = (16, 32, 64)
 
 
-def order_lines(n: int) -> list[dict[str, object]]:
-    """The lines of order `n`: one or two of the products, 1-3 of each, the same for the same `n`."""
+def _draw_lines(n: int) -> list[dict[str, object]]:
+    """One or two of the products, 1-3 of each, the same for the same `n`."""
     rng = random.Random(n)
     skus = rng.sample(SKUS, rng.choice((1, 2)))
     return [{"sku": sku, "quantity": rng.randint(1, 3)} for sku in skus]
@@ -49,7 +49,12 @@ def order_lines(n: int) -> list[dict[str, object]]:
 # The lines of the orders, made once: seeding a generator for each order cost the load generator, which shares the
 # two cores with the stack, some 10 us an order. The pattern repeats every LINE_SETS orders.
 LINE_SETS = 1009
-_LINES = [order_lines(n) for n in range(LINE_SETS)]
+_LINES = [_draw_lines(n) for n in range(LINE_SETS)]
+
+
+def order_lines(n: int) -> list[dict[str, object]]:
+    """The lines of order `n` (placed, then shipped in full)."""
+    return _LINES[n % LINE_SETS]
 
 
 def order_body(n: int, *, customer: str) -> dict[str, object]:
@@ -57,7 +62,7 @@ def order_body(n: int, *, customer: str) -> dict[str, object]:
         "customer_id": customer,
         "currency": "EUR",
         "shipping_address": "1 Bench Road",
-        "lines": _LINES[n % LINE_SETS],
+        "lines": order_lines(n),
     }
 
 
@@ -181,7 +186,7 @@ async def pipeline_step(http: Http, *, rate: float, seconds: float, drain_s: flo
         status, _ = await http.orders.request(
             "POST",
             f"/orders/{order_id}/shipments",
-            body={"lines": _LINES[n % LINE_SETS], "carrier": "bench"},
+            body={"lines": order_lines(n), "carrier": "bench"},
             headers={**AUTH, "Idempotency-Key": f"ship-{customer}"},
         )
         return status == 201
