@@ -213,6 +213,25 @@ async def backends(stack: Stack, database: str) -> list[int]:
     return [int(r["pid"]) for r in rows]
 
 
+async def block_counts(stack: Stack) -> dict[str, tuple[int, int]]:
+    """Each service database's blocks read so far (from the OS, not in shared buffers) and found in shared buffers."""
+    rows = await stack.fetch(
+        "orders", "SELECT datname, blks_read, blks_hit FROM pg_stat_database WHERE datname = ANY($1)", list(SERVICES)
+    )
+    return {r["datname"]: (int(r["blks_read"]), int(r["blks_hit"])) for r in rows}
+
+
+def block_line(before: Mapping[str, tuple[int, int]], after: Mapping[str, tuple[int, int]], orders: int) -> str:
+    """Per order, the blocks each database read from the OS and found in shared buffers over a step: a database
+    that outgrew shared buffers reads (and evicts) on most of its index inserts."""
+    cells = []
+    for name, (read, hit) in after.items():
+        read0, hit0 = before.get(name, (0, 0))
+        n = max(orders, 1)
+        cells.append(f"{name} {(read - read0) / n:.1f} read/{(hit - hit0) / n:.0f} hit")
+    return "  blocks per order: " + ", ".join(cells)
+
+
 async def analyse(stack: Stack) -> None:
     """`ANALYZE` every service database, as autovacuum does within a minute of the tables filling; the plans the
     services have cached are made again with what it finds."""
@@ -255,12 +274,14 @@ async def probe(
         for rate in rates:
             pg = stack.pg.pid()
             before, started = pg_cpu_by_role(pg) if pg else {}, time.monotonic()
+            blocks = await block_counts(stack)
             data = RUN_DIR / "reports" / f"perf-{perf}-{rate:g}.data"
             pids = await backends(stack, perf) if perf else []
             sampling = pgperf.record(pids, seconds=seconds, out=data) if pids else None
             step = await http_pairs.pipeline_step(client, rate=rate, seconds=seconds)
             roles = cores_by_role(before, pg_cpu_by_role(pg) if pg else {}, time.monotonic() - started)
             print("\n".join(describe(step, roles)), flush=True)
+            print(block_line(blocks, await block_counts(stack), step.sent), flush=True)
             if stages:
                 print("\n".join(stage_lines(await timelines(stack, step.tag))), flush=True)
             if statements:
