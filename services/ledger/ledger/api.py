@@ -10,6 +10,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from backoffice import events, idempotency, problems
 from backoffice.db import Conn
 from backoffice.errors import Conflict, NotFound, Unprocessable
+from backoffice.ids import new_uuid
 from backoffice.pagination import Cursor, Limit, Page, decode_cursor, page
 from ledger import domain, schemas, store
 from ledger.access import Reader, Writer
@@ -91,7 +92,7 @@ async def post_manual_entry(body: schemas.ManualEntry, request: Request, princip
             source_type="manual",
             memo=body.memo,
         )
-        entry = domain.post(draft, entry_id=uuid.uuid4(), posted_at=now, source_event_id=None)
+        entry = domain.post(draft, entry_id=new_uuid(), posted_at=now, source_event_id=None)
         await store.post_entry(conn, entry=entry)
         return 201, schemas.Entry.of(entry)
 
@@ -119,7 +120,7 @@ async def reverse_entry(
             raise NotFound(f"journal entry {entry_id} not found")
         reversal = domain.reverse(
             found.entry,
-            entry_id=uuid.uuid4(),
+            entry_id=new_uuid(),
             posted_at=events.now(),
             already_reversed=found.reversed_by is not None,
             effective_at=options.effective_at,

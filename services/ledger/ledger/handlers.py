@@ -8,6 +8,7 @@ from backoffice import events
 from backoffice.consumer import Batched, Handler
 from backoffice.db import Conn
 from backoffice.envelope import Envelope
+from backoffice.ids import new_uuid
 from ledger import domain, store
 
 
@@ -32,7 +33,7 @@ async def on_billing_events(conn: Conn, envelopes: list[Envelope]) -> None:
             if opened is not None:
                 await store.insert_account(conn, account=opened)
         entries.append(
-            domain.post(draft, entry_id=uuid.uuid4(), posted_at=events.now(), source_event_id=uuid.UUID(envelope.id))
+            domain.post(draft, entry_id=new_uuid(), posted_at=events.now(), source_event_id=uuid.UUID(envelope.id))
         )
     if entries:
         await store.post_entries(conn, entries=entries)
