@@ -24,9 +24,8 @@ _lock = threading.Lock()
 _raw = b""  # entropy read ahead
 _used = 0  # how many bytes of it ids have taken
 
-_VERSION = 7 << 76
-_VARIANT = 2 << 62  # RFC 4122/9562: the two high bits of the 9th byte are 10
-_RAND_B = (1 << 62) - 1
+# the variant's hex digit (the first of the 4th group) from a random one: its two high bits are 10, so 8, 9, a or b
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 def _reset() -> None:
@@ -45,12 +44,11 @@ def new_id() -> str:
     with _lock:
         if _used >= len(_raw):
             _raw, _used = os.urandom(_CHUNK), 0
-        rand = int.from_bytes(_raw[_used : _used + _RANDOM])
+        r = _raw[_used : _used + _RANDOM].hex()
         _used += _RANDOM
-    ms, ns = divmod(now, 1_000_000)
-    value = (ms << 80) | _VERSION | ((ns * 4096 // 1_000_000) << 64) | _VARIANT | (rand & _RAND_B)
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    ms = f"{now // 1_000_000:012x}"
+    fraction = (now % 1_000_000) * 4096 // 1_000_000
+    return f"{ms[:8]}-{ms[8:]}-7{fraction:03x}-{_VARIANT[r[0]]}{r[1:4]}-{r[4:]}"
 
 
 def new_uuid() -> uuid.UUID:
