@@ -758,6 +758,54 @@ class TestGroupCommit:
         shown = await product(client, sku)
         assert (shown["on_hand"], shown["reserved"]) == (10 - 4, 1)
 
+    async def test_orders_and_shipments_waiting_together_are_written_in_one_transaction(
+        self, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, locking_calls: list[str]
+    ) -> None:
+        sku = await add_product(client, on_hand=40)
+        to_ship = [await placed(client, {sku: 2}) for _ in range(3)]
+        together = _together(monkeypatch)
+        writing = _first_write_lingers(monkeypatch)
+        first = asyncio.ensure_future(place(client, {sku: 1}, headers=keyed()))
+        await asyncio.wait_for(writing.wait(), 5)  # the writer is busy: what follows waits and makes the next groups
+        answers = await asyncio.gather(
+            *(place(client, {sku: 1}, headers=keyed()) for _ in range(3)),
+            *(_ship(client, order["id"], {sku: 2}) for order in to_ship),
+        )
+        assert [a.status_code for a in [await first, *answers]] == [201] * 7, [a.text for a in answers]
+        assert together == [[["place written"] * 3, ["ship written"] * 3]]
+        assert locking_calls == []
+        shown = await product(client, sku)
+        assert (shown["on_hand"], shown["reserved"]) == (40 - 6, 4)
+        for answer in answers:  # the orders placed, then the shipped ones, each as its answer showed it
+            assert await get_order(client, answer.json()["id"]) == answer.json()
+        assert {answer.json()["status"] for answer in answers[3:]} == {"shipped"}
+
+    async def test_two_groups_the_server_refuses_together_are_written_write_by_write(
+        self, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, locking_calls: list[str]
+    ) -> None:
+        sku = await add_product(client, on_hand=20)
+        to_ship = [await placed(client, {sku: 2}) for _ in range(2)]
+
+        refusals: list[list[str]] = []
+
+        async def refused(pool: Any, taken: Any) -> Any:
+            refusals.append([kind.kind for kind, _ in taken])
+            raise asyncpg.InternalServerError("refused")
+
+        monkeypatch.setattr(fastpath._Writer, "_write_together", staticmethod(refused))
+        writing = _first_write_lingers(monkeypatch)
+        first = asyncio.ensure_future(place(client, {sku: 1}, headers=keyed()))
+        await asyncio.wait_for(writing.wait(), 5)
+        answers = await asyncio.gather(
+            *(place(client, {sku: 1}, headers=keyed()) for _ in range(2)),
+            *(_ship(client, order["id"], {sku: 2}) for order in to_ship),
+        )
+        assert [a.status_code for a in [await first, *answers]] == [201] * 5, [a.text for a in answers]
+        assert refusals == [["place", "ship"]]
+        assert locking_calls == []  # each by its own single statement
+        shown = await product(client, sku)
+        assert (shown["on_hand"], shown["reserved"]) == (20 - 4, 3)
+
     async def test_a_group_the_server_refuses_is_written_order_by_order(
         self, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, locking_calls: list[str]
     ) -> None:
@@ -783,6 +831,37 @@ class TestGroupCommit:
         assert answer.status_code >= 500
         assert locking_calls == []
         assert (await product(client, sku))["reserved"] == 0
+
+
+def _together(monkeypatch: pytest.MonkeyPatch) -> list[list[list[str]]]:
+    """Each pair of groups written in one transaction: each group's '<kind> <outcome>' of each write."""
+    seen: list[list[list[str]]] = []
+    original = fastpath._Writer._write_together
+
+    async def recorded(pool: Any, taken: Any) -> Any:
+        results = await original(pool, taken)
+        seen.append(
+            [[f"{kind.kind} {o}" for o, _ in outcomes] for (kind, _), outcomes in zip(taken, results, strict=True)]
+        )
+        return results
+
+    monkeypatch.setattr(fastpath._Writer, "_write_together", staticmethod(recorded))
+    return seen
+
+
+def _first_write_lingers(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """The next group of one kind alone waits 100 ms before it is written; the event is set once it waits."""
+    writing = asyncio.Event()
+    original = fastpath.GroupCommit._write
+
+    async def lingering(self: fastpath.GroupCommit, pool: Any, group: Any) -> Any:
+        if not writing.is_set():
+            writing.set()
+            await asyncio.sleep(0.1)
+        return await original(self, pool, group)
+
+    monkeypatch.setattr(fastpath.GroupCommit, "_write", lingering)
+    return writing
 
 
 @dataclass

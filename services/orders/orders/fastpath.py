@@ -392,6 +392,8 @@ class GroupCommit:
     One group of each kind is written at a time per process; the orders arriving meanwhile wait and make the next
     group, up to MAX_ORDERS. Under a trickle a group is one order, written by the single statement itself
     (`_write_alone`); under load, the commit (a WAL flush), the round trip and the statement's overhead are shared.
+    The kinds share one writer (`_Writer`): a group of orders and a group of shipments waiting at the same moment
+    are written in the same transaction (migration 0012), since both lock the products they take stock from.
     A group is first written as one set, each table by one statement (migration 0008 for orders, 0009 for
     shipments), when every write of it can be made; otherwise each write of the group is made in a savepoint of its
     own, so one that cannot be written leaves the others as they are. Its outcome is
@@ -402,13 +404,14 @@ class GroupCommit:
     that error, as the single statement would have.
     """
 
-    MAX_ORDERS = 24  # savepoints per transaction stay well under the 64 PostgreSQL tracks without overflow
+    MAX_ORDERS = 24  # savepoints per transaction (two groups') stay under the 64 PostgreSQL tracks without overflow
     WAIT_MS = 1  # for a key held by a request in flight: its order is then written on its own, waiting as usual
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, writer: _Writer | None = None) -> None:
         self.kind = kind  # 'place' or 'ship'
         self._waiting: list[_Waiting] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._shared = writer if writer is not None else _Writer()
+        self._shared.kinds.append(self)
 
     @classmethod
     def of(cls, app: Any, kind: str) -> GroupCommit | None:
@@ -417,7 +420,7 @@ class GroupCommit:
             return None
         groups: dict[str, GroupCommit] = _of_app(app, "group_commits", dict)
         if kind not in groups:
-            groups[kind] = cls(kind)
+            groups[kind] = cls(kind, _of_app(app, "group_writer", _Writer))
         return groups[kind]
 
     async def submit(
@@ -429,40 +432,16 @@ class GroupCommit:
             {**document, "wait_ms": self.WAIT_MS}, answer, payloads, asyncio.get_running_loop().create_future()
         )
         self._waiting.append(waiting)
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._write_all(pool), name="orders-group-commit")
+        self._shared.start(pool)
         return await waiting.outcome
 
-    async def _write_all(self, pool: asyncpg.Pool) -> None:
-        group: list[_Waiting] = []
-        try:
-            while self._waiting:
-                group = self._waiting[: self.MAX_ORDERS]
-                del self._waiting[: self.MAX_ORDERS]
-                GROUP_SIZE.labels(self.kind).observe(len(group))
-                try:
-                    outcomes = await self._write(pool, group)
-                except asyncpg.PostgresError as exc:  # refused by the server: rolled back, nothing was written
-                    log.warning("group_commit_refused", orders=len(group), error=repr(exc))
-                    outcomes = [("retry", None)] * len(group)
-                except Exception as exc:  # noqa: BLE001 - the commit may have happened: never written again here
-                    for waiting in group:
-                        if not waiting.outcome.done():
-                            waiting.outcome.set_exception(exc)
-                    group = []
-                    continue
-                for waiting, outcome in zip(group, outcomes, strict=True):
-                    if not waiting.outcome.done():
-                        waiting.outcome.set_result(outcome)
-                group = []
-        finally:
-            self._writer = None
-            for waiting in group:  # cancelled while writing: whether it committed is unknown
-                waiting.outcome.cancel()
-            for waiting in self._waiting:  # cancelled before their group was sent: each is written on its own
-                if not waiting.outcome.done():
-                    waiting.outcome.set_result(("retry", None))
-            self._waiting.clear()
+    def take(self) -> list[_Waiting]:
+        """The next group: the longest-waiting writes, up to MAX_ORDERS."""
+        group = self._waiting[: self.MAX_ORDERS]
+        del self._waiting[: self.MAX_ORDERS]
+        if group:
+            GROUP_SIZE.labels(self.kind).observe(len(group))
+        return group
 
     async def _write(self, pool: asyncpg.Pool, group: list[_Waiting]) -> list[tuple[str, asyncpg.Record | None]]:
         if len(group) == 1:
@@ -492,3 +471,72 @@ class GroupCommit:
             return await _write_single(pool, self.kind, waiting.document, waiting.answer, waiting.payloads)
         except asyncpg.PostgresError:
             return "failed", None
+
+
+# Two groups of different kinds in one transaction (migration 0012): the first group's rows, then the second's.
+WRITE_SNAPSHOT_GROUPS = (
+    "SELECT * FROM write_snapshot_groups($1, $2::jsonb, $3::bytea[], $4::bytea[], $5::integer[],"
+    " $6, $7::jsonb, $8::bytea[], $9::bytea[], $10::integer[])"
+)
+
+_Outcomes = list[tuple[str, asyncpg.Record | None]]
+
+
+class _Writer:
+    """The one task that writes an app's groups, of every kind: those of the kinds with writes waiting, taken at
+    the same moment, in one transaction (each kind's alone by its `GroupCommit._write`)."""
+
+    def __init__(self) -> None:
+        self.kinds: list[GroupCommit] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, pool: asyncpg.Pool) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._write_all(pool), name="orders-group-commit")
+
+    async def _write_all(self, pool: asyncpg.Pool) -> None:
+        taken: list[tuple[GroupCommit, list[_Waiting]]] = []
+        try:
+            while any(kind._waiting for kind in self.kinds):
+                taken = [(kind, group) for kind in self.kinds if (group := kind.take())]
+                try:
+                    if len(taken) == 1:
+                        results = [await taken[0][0]._write(pool, taken[0][1])]
+                    else:
+                        results = await self._write_together(pool, taken)
+                except asyncpg.PostgresError as exc:  # refused by the server: rolled back, nothing was written
+                    log.warning("group_commit_refused", orders=sum(len(g) for _, g in taken), error=repr(exc))
+                    results = [[("retry", None)] * len(group) for _, group in taken]
+                except Exception as exc:  # noqa: BLE001 - the commit may have happened: never written again here
+                    for _, group in taken:
+                        for waiting in group:
+                            if not waiting.outcome.done():
+                                waiting.outcome.set_exception(exc)
+                    taken = []
+                    continue
+                for (_, group), outcomes in zip(taken, results, strict=True):
+                    for waiting, outcome in zip(group, outcomes, strict=True):
+                        if not waiting.outcome.done():
+                            waiting.outcome.set_result(outcome)
+                taken = []
+        finally:
+            self._task = None
+            for _, group in taken:  # cancelled while writing: whether it committed is unknown
+                for waiting in group:
+                    waiting.outcome.cancel()
+            for kind in self.kinds:  # cancelled before their group was sent: each is written on its own
+                for waiting in kind._waiting:
+                    if not waiting.outcome.done():
+                        waiting.outcome.set_result(("retry", None))
+                kind._waiting.clear()
+
+    @staticmethod
+    async def _write_together(pool: asyncpg.Pool, taken: list[tuple[GroupCommit, list[_Waiting]]]) -> list[_Outcomes]:
+        """Two groups of different kinds in one statement (`write_snapshot_groups`): each one's outcomes."""
+        (first, a), (second, b) = taken
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(WRITE_SNAPSHOT_GROUPS, *first.arguments(a), *second.arguments(b))
+            if any(row["outcome"] == "written" for row in rows):
+                db.wrote_outbox(conn)
+        outcomes = [(row["outcome"], row if row["outcome"] == "stored" else None) for row in rows]
+        return [outcomes[: len(a)], outcomes[len(a) :]]
