@@ -377,6 +377,9 @@ class ViewReads:
 WRITE_SNAPSHOTS = "SELECT * FROM write_snapshots($1, $2::jsonb, $3::bytea[], $4::bytea[], $5::integer[])"
 
 
+_Outcomes = list[tuple[str, asyncpg.Record | None]]  # each write's outcome, and the answer stored under its key
+
+
 @dataclass(eq=False)
 class _Waiting:
     document: dict[str, Any]
@@ -389,11 +392,12 @@ class GroupCommit:
     """In-stock orders (or shipments) written together: one transaction, one commit and one round trip for those
     that arrive while the previous group is being written (`write_snapshots`, migration 0006).
 
-    One group of each kind is written at a time per process; the orders arriving meanwhile wait and make the next
-    group, up to MAX_ORDERS. Under a trickle a group is one order, written by the single statement itself
-    (`_write_alone`); under load, the commit (a WAL flush), the round trip and the statement's overhead are shared.
-    The kinds share one writer (`_Writer`): a group of orders and a group of shipments waiting at the same moment
-    are written in the same transaction (migration 0012), since both lock the products they take stock from.
+    One transaction of groups is written at a time per process; the orders arriving meanwhile wait and make the
+    next group of their kind, up to MAX_ORDERS. Under a trickle a group is one order, written by the single
+    statement itself (`_write_alone`); under load, the commit (a WAL flush), the round trip and the statement's
+    overhead are shared. The kinds share that one writer (`_Writer`): a group of orders and a group of shipments
+    waiting at the same moment are written in the same transaction (migration 0012), since both lock the products
+    they take stock from, and written apart each waited for the other's commit.
     A group is first written as one set, each table by one statement (migration 0008 for orders, 0009 for
     shipments), when every write of it can be made; otherwise each write of the group is made in a savepoint of its
     own, so one that cannot be written leaves the others as they are. Its outcome is
@@ -443,7 +447,7 @@ class GroupCommit:
             GROUP_SIZE.labels(self.kind).observe(len(group))
         return group
 
-    async def _write(self, pool: asyncpg.Pool, group: list[_Waiting]) -> list[tuple[str, asyncpg.Record | None]]:
+    async def _write(self, pool: asyncpg.Pool, group: list[_Waiting]) -> _Outcomes:
         if len(group) == 1:
             return [await self._write_alone(pool, group[0])]
         async with pool.acquire() as conn:
@@ -478,8 +482,6 @@ WRITE_SNAPSHOT_GROUPS = (
     "SELECT * FROM write_snapshot_groups($1, $2::jsonb, $3::bytea[], $4::bytea[], $5::integer[],"
     " $6, $7::jsonb, $8::bytea[], $9::bytea[], $10::integer[])"
 )
-
-_Outcomes = list[tuple[str, asyncpg.Record | None]]
 
 
 class _Writer:
