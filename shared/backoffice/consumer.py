@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import asyncpg
@@ -32,7 +32,7 @@ from backoffice import context
 from backoffice.db import Conn
 from backoffice.envelope import Envelope, PoisonRecord, decode
 from backoffice.errors import DomainError, TransientError
-from backoffice.events import TYPES, Event
+from backoffice.events import Event
 from backoffice.outbox import new_producer
 from backoffice.topics import dlq_topic
 
@@ -98,14 +98,6 @@ class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         return None
 
 
-def _ce_type(headers: Sequence[tuple[str, bytes]] | None) -> bytes | None:
-    """The raw `ce_type` header of a record, if it has one."""
-    for name, value in headers or ():
-        if name == "ce_type":
-            return value
-    return None
-
-
 class _Rejected(Exception):
     """A handler refused or failed in the batch's fast path: redo the batch with a savepoint per record."""
 
@@ -160,9 +152,6 @@ class Consumer:
         self.pool = pool
         self.bootstrap = bootstrap
         self.handlers = {cls.ce_type(): h for cls, h in handlers.items()}
-        # the `ce_type` of each event known here that this consumer has no handler for (billing reads every
-        # OrderPlaced on the orders topic, say): such a record is passed over without decoding its payload
-        self._passed_over = {name.encode() for name in TYPES if name not in self.handlers}
         self.batch_size = batch_size
         self._producer = producer
         self._own_producer = producer is None
@@ -323,8 +312,6 @@ class Consumer:
         dead: list[DeadLetter] = []
         todo: list[tuple[ConsumerRecord, Envelope, Handler]] = []  # type: ignore[type-arg]
         for record in records:
-            if _ce_type(record.headers) in self._passed_over:
-                continue
             try:
                 envelope = decode(record.headers, record.value)
             except PoisonRecord as exc:

@@ -376,33 +376,6 @@ class TestPoison:
         assert "not JSON" in reasons and "unknown event type" in reasons and "schema" in reasons
         assert "rejected: NotFound" in reasons
 
-    async def test_events_without_a_handler_here_are_passed_over_undecoded_neither_applied_nor_dead_lettered(
-        self, channel: tuple[str, str], make_database: Callable[[str], Awaitable[str]]
-    ) -> None:
-        topic, group = channel
-        dsn = await _db(await make_database("consumer_passed_over"))
-        shipped = OrderShipped(
-            order_id="o",
-            customer_id="c",
-            shipment_id="s",
-            currency="EUR",
-            lines=(Line(sku="A", quantity=1, unit_price_minor=100),),
-            subtotal_minor=100,
-            shipped_at=datetime.now(UTC),
-        )
-        ignored_ok = encode(Envelope(event=shipped))
-        ignored_bad = (b"bad", b"{not json", ignored_ok[2])  # a type this consumer has no handler for
-        handled_bad = (b"bad", b"{not json", good("x", 0)[2])
-        records = [good("g1", 1), ignored_ok, ignored_bad, good("g2", 2), handled_bad, good("g3", 3)]
-        await produce(topic, [(b"one-partition", value, headers) for _, value, headers in records])  # in this order
-        async with consuming(dsn, group=group, topic=topic):
-            await eventually(lambda: _effects_at_least(dsn, 3))  # g3 applied: every record before it was handled
-            # the handled poison's dead letter, and time for a second one, which must not come
-            dead = await read_topic(f"{group}.dlq", until=lambda rs: len(rs) >= 2, timeout=3)
-        assert await count(dsn) == 3
-        assert await count(dsn, "SELECT count(*) FROM inbox") == 3  # the skipped events left no inbox row
-        assert [header_map(r.headers)["ce_type"] for r in dead] == [OrderConfirmed.ce_type()]
-
 
 @pytest.fixture
 async def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[PostgresServer]:
