@@ -5,10 +5,11 @@ indexes (its primary key, the inbox of every consumer of its event, the foreign 
 (version 4) id lands each of those inserts on a random leaf page: once a table outgrows shared buffers, nearly
 every insert reads a page in from the OS and evicts another, and every checkpoint makes the next write of each page
 log the whole page. A version-7 id starts with its creation time in milliseconds (then a 12-bit fraction of the
-millisecond), so new keys go to the rightmost leaves, which stay in memory (and PostgreSQL's B-tree often appends to
-the rightmost leaf it remembers, without descending from the root). The remaining 62 bits are cryptographically random, read 4 KiB at a time
-(`uuid.uuid4()` makes a system call for each id), so ids stay unguessable; what an id tells is when it was made,
-which the resource's own timestamps tell anyway. A forked child reads its own random bytes.
+millisecond), so new keys go to the rightmost leaves, which stay in memory (and PostgreSQL's B-tree often appends
+to the rightmost leaf it remembers, without descending from the root). The remaining 62 bits are cryptographically
+random, read 4 KiB at a time (`uuid.uuid4()` makes a system call for each id), so ids stay unguessable; what an id
+tells is when it was made, which the resource's own timestamps tell anyway. A forked child reads its own random
+bytes.
 """
 
 from __future__ import annotations
