@@ -8,7 +8,9 @@ loads `pg_stat_statements` and prints the statements of that database that took 
 (`--nested` counts those run inside functions too). With `--stages` it follows each order through the services
 (`timelines`) and prints how long each stage took, in the first and the last third of the step: a stage that
 cannot keep up is the one whose time grows. With `--perf DB` it samples that database's backends with `perf` through
-each step and prints the server functions they spent their time in (`pgperf`).
+each step and prints the server functions they spent their time in (`pgperf`). With `--wal` it prints what each
+order wrote to PostgreSQL's write-ahead log, by record type (`pg_walinspect`): how many rows, index entries, row
+locks and inbox checks an order costs, all databases together.
 
 The rates are not judged against anything: the point is comparing the steps of one run, such as how much of the
 cost is paid per order and how much per cycle of the relays.
@@ -184,11 +186,13 @@ async def _count_statements(dsn: str) -> None:
 
 
 async def _statements(dsn: str, *, limit: int, orders: int) -> list[str]:
-    """The statements that took the most time since the last reset, with their calls and time per order."""
+    """The statements that took the most time since the last reset, with their calls, and their time and the blocks
+    they touched (found in shared buffers or read) per order."""
     conn = await asyncpg.connect(dsn)
     try:
         rows = await conn.fetch(
-            "SELECT calls, total_exec_time + total_plan_time AS ms, rows, query FROM pg_stat_statements"
+            "SELECT calls, total_exec_time + total_plan_time AS ms, rows, shared_blks_hit + shared_blks_read AS blocks,"
+            " query FROM pg_stat_statements"
             " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
             " ORDER BY ms DESC LIMIT $1",
             limit,
@@ -197,8 +201,9 @@ async def _statements(dsn: str, *, limit: int, orders: int) -> list[str]:
     finally:
         await conn.close()
     return [
-        f"  {r['ms']:8.0f} ms {1000 * r['ms'] / max(orders, 1):6.1f} us/order {r['calls']:7d} calls"
-        f" {r['rows']:8d} rows | {' '.join(r['query'].split())[:160]}"
+        f"  {r['ms']:8.0f} ms {1000 * r['ms'] / max(orders, 1):6.1f} us/order"
+        f" {r['blocks'] / max(orders, 1):6.1f} blocks/order {r['calls']:7d} calls {r['rows']:8d} rows"
+        f" | {' '.join(r['query'].split())[:160]}"
         for r in rows
     ]
 
@@ -232,6 +237,40 @@ def block_line(before: Mapping[str, tuple[int, int]], after: Mapping[str, tuple[
     return "  blocks per order: " + ", ".join(cells)
 
 
+async def wal_position(stack: Stack) -> str:
+    """Where PostgreSQL's write-ahead log ends now (all databases share it)."""
+    rows = await stack.fetch("postgres", "SELECT pg_current_wal_lsn()::text")
+    return str(rows[0][0])
+
+
+async def wal_records(stack: Stack, since: str) -> list[tuple[str, int, int, int]]:
+    """The WAL written since `since` (a `wal_position`), by record type: (type, records, bytes, full-page bytes)."""
+    await stack.fetch("postgres", "CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+    rows = await stack.fetch(
+        "postgres",
+        'SELECT "resource_manager/record_type" AS kind, count, record_size, fpi_size'
+        " FROM pg_get_wal_stats($1::text::pg_lsn, pg_current_wal_lsn(), true) WHERE count > 0",
+        since,
+    )
+    return [(r["kind"], int(r["count"]), int(r["record_size"]), int(r["fpi_size"])) for r in rows]
+
+
+def wal_lines(records: list[tuple[str, int, int, int]], orders: int, *, shown: int = 8) -> list[str]:
+    """Per order, the WAL a step wrote (every database's: the log is the server's) and its most frequent record
+    types. Every row inserted, index entry added, row locked and event applied is a record: what a pipeline order
+    writes against what the bare baseline's insert does (one heap and one index record)."""
+    n = max(orders, 1)
+    count = sum(r[1] for r in records)
+    size = sum(r[2] + r[3] for r in records)
+    full_pages = sum(r[3] for r in records)
+    top = sorted(records, key=lambda r: -r[1])[:shown]
+    return [
+        f"  WAL per order: {count / n:.1f} records, {size / n / 1024:.1f} KiB ({full_pages / n / 1024:.1f} KiB of"
+        " full pages)",
+        "    " + ", ".join(f"{kind} {records / n:.1f}" for kind, records, _, _ in top),
+    ]
+
+
 async def analyse(stack: Stack) -> None:
     """`ANALYZE` every service database, as autovacuum does within a minute of the tables filling; the plans the
     services have cached are made again with what it finds."""
@@ -249,6 +288,7 @@ async def probe(
     stages: bool,
     state: Path,
     perf: str | None = None,
+    wal: bool = False,
 ) -> None:
     if perf:
         pgperf.perf_binary()  # before anything starts: say now that it is missing
@@ -275,6 +315,7 @@ async def probe(
             pg = stack.pg.pid()
             before, started = pg_cpu_by_role(pg) if pg else {}, time.monotonic()
             blocks = await block_counts(stack)
+            wal_start = await wal_position(stack) if wal else ""
             data = RUN_DIR / "reports" / f"perf-{perf}-{rate:g}.data"
             pids = await backends(stack, perf) if perf else []
             sampling = pgperf.record(pids, seconds=seconds, out=data) if pids else None
@@ -282,10 +323,12 @@ async def probe(
             roles = cores_by_role(before, pg_cpu_by_role(pg) if pg else {}, time.monotonic() - started)
             print("\n".join(describe(step, roles)), flush=True)
             print(block_line(blocks, await block_counts(stack), step.sent), flush=True)
+            if wal:
+                print("\n".join(wal_lines(await wal_records(stack, wal_start), step.sent)), flush=True)
             if stages:
                 print("\n".join(stage_lines(await timelines(stack, step.tag))), flush=True)
             if statements:
-                print("\n".join(await _statements(stack.dsn(statements), limit=15, orders=step.sent)), flush=True)
+                print("\n".join(await _statements(stack.dsn(statements), limit=25, orders=step.sent)), flush=True)
             if perf and sampling is None:
                 print(f"  perf: no backend of {perf} was connected to sample", flush=True)
             if sampling is not None:
@@ -308,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nested", action="store_true", help="with --statements: count statements in functions")
     parser.add_argument("--stages", action="store_true", help="print how long each stage of an order took")
     parser.add_argument("--perf", metavar="DB", help="sample this database's backends with perf during each step")
+    parser.add_argument("--wal", action="store_true", help="print the WAL each order wrote, by record type")
     parser.add_argument("--state", type=Path, default=RUN_DIR / "probe")
     args = parser.parse_args(argv)
     uvloop.run(
@@ -320,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
             stages=args.stages,
             state=args.state,
             perf=args.perf,
+            wal=args.wal,
         )
     )
     return 0

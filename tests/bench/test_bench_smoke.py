@@ -514,6 +514,17 @@ class TestProbe:
         )
         assert lines[2] == "  postgres, over the step and its drain: db orders 0.410, db ledger 0.120"  # not < 0.005
 
+    def test_the_wal_of_a_step_is_given_per_order_with_its_most_frequent_records_first(self) -> None:
+        records = [
+            ("Heap/INSERT", 300, 120_000, 0),
+            ("Btree/INSERT_LEAF", 800, 64_000, 0),
+            ("Transaction/COMMIT", 10, 400, 0),
+            ("XLOG/FPI_FOR_HINT", 2, 100, 16_384),
+        ]
+        lines = probe.wal_lines(records, 100, shown=3)
+        assert lines[0] == "  WAL per order: 11.1 records, 2.0 KiB (0.2 KiB of full pages)"
+        assert lines[1] == "    Btree/INSERT_LEAF 8.0, Heap/INSERT 3.0, Transaction/COMMIT 0.1"
+
     def test_stages_show_the_one_that_grows_from_the_first_third_to_the_last(self) -> None:
         # 30 orders, one every 0.1 s; each stage takes 10, 20, 30 and 40 ms, but the way from the shipment to billing
         # takes 5 ms longer for each order placed before it (a queue that builds)
