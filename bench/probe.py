@@ -244,8 +244,8 @@ async def wal_position(stack: Stack) -> str:
 
 
 async def wal_records(stack: Stack, since: str) -> list[tuple[str, int, int, int]]:
-    """The WAL written since `since` (a `wal_position`), by record type: (type, records, bytes, full-page bytes)."""
-    await stack.fetch("postgres", "CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+    """The WAL written since `since` (a `wal_position`), by record type: (type, records, bytes, full-page bytes).
+    Needs `pg_walinspect` in the postgres database (`probe` creates it once, before its steps)."""
     rows = await stack.fetch(
         "postgres",
         'SELECT "resource_manager/record_type" AS kind, count, record_size, fpi_size'
@@ -260,14 +260,14 @@ def wal_lines(records: list[tuple[str, int, int, int]], orders: int, *, shown: i
     types. Every row inserted, index entry added, row locked and event applied is a record: what a pipeline order
     writes against what the bare baseline's insert does (one heap and one index record)."""
     n = max(orders, 1)
-    count = sum(r[1] for r in records)
-    size = sum(r[2] + r[3] for r in records)
-    full_pages = sum(r[3] for r in records)
+    count = sum(records_of_kind for _, records_of_kind, _, _ in records)
+    full_pages = sum(full_page_bytes for _, _, _, full_page_bytes in records)
+    size = sum(record_bytes for _, _, record_bytes, _ in records) + full_pages
     top = sorted(records, key=lambda r: -r[1])[:shown]
     return [
         f"  WAL per order: {count / n:.1f} records, {size / n / 1024:.1f} KiB ({full_pages / n / 1024:.1f} KiB of"
         " full pages)",
-        "    " + ", ".join(f"{kind} {records / n:.1f}" for kind, records, _, _ in top),
+        "    " + ", ".join(f"{kind} {records_of_kind / n:.1f}" for kind, records_of_kind, _, _ in top),
     ]
 
 
@@ -311,6 +311,8 @@ async def probe(
         await analyse(stack)
         if statements:
             await _count_statements(stack.dsn(statements))
+        if wal:
+            await stack.fetch("postgres", "CREATE EXTENSION IF NOT EXISTS pg_walinspect")
         for rate in rates:
             pg = stack.pg.pid()
             before, started = pg_cpu_by_role(pg) if pg else {}, time.monotonic()
