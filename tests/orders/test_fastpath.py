@@ -780,6 +780,37 @@ class TestGroupCommit:
             assert await get_order(client, answer.json()["id"]) == answer.json()
         assert {answer.json()["status"] for answer in answers[3:]} == {"shipped"}
 
+    async def test_a_pair_of_groups_locks_the_products_of_both_once(
+        self, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, locking_calls: list[str]
+    ) -> None:
+        """One statement locks the products of both groups (migration 0013); neither set write locks them again."""
+        counted: list[dict[str, int]] = []
+
+        async def write_together(pool: Any, taken: Any) -> Any:
+            (first, a), (second, b) = taken
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute("SET LOCAL track_functions = 'pl'")
+                rows = await conn.fetch(fastpath.WRITE_SNAPSHOT_GROUPS, *first.arguments(a), *second.arguments(b))
+                counted.append(await _calls(conn))
+            outcomes = [(row["outcome"], row if row["outcome"] == "stored" else None) for row in rows]
+            return [outcomes[: len(a)], outcomes[len(a) :]]
+
+        monkeypatch.setattr(fastpath._Writer, "_write_together", staticmethod(write_together))
+        skus = [await add_product(client, on_hand=40) for _ in range(2)]
+        to_ship = [await placed(client, {skus[0]: 1, skus[1]: 1}) for _ in range(2)]
+        writing = _first_write_lingers(monkeypatch)
+        first = asyncio.ensure_future(place(client, {skus[0]: 1}, headers=keyed()))
+        await asyncio.wait_for(writing.wait(), 5)
+        answers = await asyncio.gather(
+            *(place(client, {skus[1]: 1, skus[0]: 2}, headers=keyed()) for _ in range(2)),
+            *(_ship(client, order["id"], {skus[0]: 1, skus[1]: 1}) for order in to_ship),
+        )
+        assert [a.status_code for a in [await first, *answers]] == [201] * 5, [a.text for a in answers]
+        assert counted == [{"_lock_products": 1, "_place_group": 1, "_ship_group": 1}]
+        assert locking_calls == []
+        shown = [await product(client, sku) for sku in skus]
+        assert [(p["on_hand"], p["reserved"]) for p in shown] == [(40 - 2, 2 + 1 + 4 - 2), (40 - 2, 2 + 2 - 2)]
+
     async def test_two_groups_the_server_refuses_together_are_written_write_by_write(
         self, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, locking_calls: list[str]
     ) -> None:
@@ -877,7 +908,7 @@ class SetWrites:
     # it was written
     seen: list[tuple[list[str], list[str], dict[str, int]]] = field(default_factory=list)
 
-    COUNTED = ("_place_group", "place_order_in_stock", "_ship_group", "ship_order_from_snapshot")
+    COUNTED = ("_lock_products", "_place_group", "place_order_in_stock", "_ship_group", "ship_order_from_snapshot")
 
 
 @pytest.fixture
@@ -962,7 +993,7 @@ class TestGroupWrittenAsOneSet:
         assert locking_calls == []
         [(outcomes, ids, calls)] = set_writes.seen
         assert outcomes == ["written"] * 6
-        assert calls == {"_place_group": 1}  # no order of it written on its own
+        assert calls == {"_lock_products": 1, "_place_group": 1}  # locked once; no order written on its own
         assert sorted(ids) == sorted(a.json()["id"] for a in answers)
 
         assert [(await product(client, sku))["reserved"] for sku in skus] == [1 + 6, 6, 6]
@@ -1001,7 +1032,7 @@ class TestGroupWrittenAsOneSet:
         assert first.status_code == 201
         [(outcomes, _, calls)] = set_writes.seen
         assert outcomes == ["written"] * 3 + ["stale"]
-        assert calls == {"place_order_in_stock": 3}  # the set raised; so did the stale order
+        assert calls == {"_lock_products": 1, "place_order_in_stock": 3}  # the set raised; so did the stale order
         assert locking_calls == ["/orders"]  # the stale one, decided by the locking path
         assert sorted(a.status_code for a in answers) == [201] * 3 + [409]  # short, and no backorder asked for
         assert (await product(client, sku))["reserved"] == 4
@@ -1029,7 +1060,7 @@ class TestGroupWrittenAsOneSet:
             await conn.close()
         [(outcomes, _, calls)] = set_writes.seen
         assert sorted(outcomes) == ["busy", "written"]
-        assert calls == {"place_order_in_stock": 1}  # the set raised; so did the busy order
+        assert calls == {"_lock_products": 1, "place_order_in_stock": 1}  # the set raised; so did the busy order
         assert [a.status_code for a in [first, *answers]] == [201] * 3
         assert await _stored_keys(settings, held) == 1
         assert (await product(client, sku))["reserved"] == 3
@@ -1067,7 +1098,7 @@ class TestShipmentsWrittenAsOneSet:
         assert locking_calls == []
         [(outcomes, ids, calls)] = set_writes.seen
         assert outcomes == ["written"] * 4
-        assert calls == {"_ship_group": 1}  # no shipment of it written on its own
+        assert calls == {"_lock_products": 1, "_ship_group": 1}  # locked once; no shipment written on its own
         assert sorted(ids) == sorted(order_id for order_id, _ in rest)
 
         shipped = [2 + 1 + 2 + 1 + 2, 0 + 0 + 1 + 0 + 1]  # per sku: the first shipment, then the group's
@@ -1113,7 +1144,7 @@ class TestShipmentsWrittenAsOneSet:
         assert [a.status_code for a in [first, *(a for a, _ in answers)]] == [201] * 3, [a.text for a, _ in answers]
         [(outcomes, ids, calls)] = set_writes.seen
         assert dict(zip(ids, outcomes, strict=True)) == {changed["id"]: "stale", other["id"]: "written"}
-        assert calls == {"ship_order_from_snapshot": 1}  # the set raised; so did the stale shipment
+        assert calls == {"_lock_products": 1, "ship_order_from_snapshot": 1}  # the set raised; so did the stale one
         assert locking_calls == ["shipments"]
         history = (await get_order(client, changed["id"]))["history"]
         assert [h["type"] for h in history] == ["OrderPlaced", "OrderShipped", "OrderShipped"]
@@ -1132,7 +1163,7 @@ class TestShipmentsWrittenAsOneSet:
         # both shipments of `twice` read it before either was written: the second no longer holds, and the locking
         # path ships it
         assert sorted(outcomes) == ["stale", "written", "written"]
-        assert calls == {"ship_order_from_snapshot": 2}  # the set raised; so did the stale shipment
+        assert calls == {"_lock_products": 1, "ship_order_from_snapshot": 2}  # the set raised; so did the stale one
         assert locking_calls == ["shipments"]
         for order in (lone, twice, other):
             assert (await get_order(client, order["id"]))["status"] == "shipped"
