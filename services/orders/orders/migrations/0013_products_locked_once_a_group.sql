@@ -11,7 +11,8 @@
 -- before the savepoint: the lock holds whether the set write is kept or undone, so the loop that writes a refused
 -- set write by write finds them locked too (it still takes its own, which then costs a read and no new lock).
 -- `write_snapshots` (a group of one kind) and `write_snapshot_groups` (a pair) each lock once and then write
--- through `_write_group`; the set writes no longer lock. Their bodies are those of 0008 and 0011 otherwise.
+-- through `_write_group`; the set writes no longer lock. Their bodies are those of 0008 and 0011 otherwise, save
+-- that what both repeated (claiming the keys, appending the events) is now one function each.
 
 CREATE FUNCTION _lock_products(p_docs jsonb) RETURNS void
     LANGUAGE plpgsql VOLATILE AS $$
@@ -67,35 +68,68 @@ BEGIN
     RETURN QUERY SELECT * FROM _write_group(p_kind_b, p_docs_b, p_bodies_b, p_payloads_b, p_counts_b);
 END $$;
 
--- The set writes of 0008 and 0011, without their own lock of the products.
-CREATE OR REPLACE FUNCTION _place_group(p_docs jsonb, p_bodies bytea[], p_payloads bytea[]) RETURNS void
+-- What both set writes did alike is one function each: claiming the group's Idempotency-Keys, appending its events.
+
+-- Every key once in the group, free (no request holding it, as `idempotency_store` would wait for) and new, then
+-- stored with its answer; BOS02 otherwise.
+CREATE FUNCTION _claim_group_keys(p_docs jsonb, p_bodies bytea[]) RETURNS void
     LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     keys integer;
     written integer;
+BEGIN
+    SELECT count(*) INTO keys FROM jsonb_array_elements(p_docs) d WHERE d->>'key' IS NOT NULL;
+    IF keys = 0 THEN
+        RETURN;
+    END IF;
+    IF (SELECT count(DISTINCT (d->>'principal', d->>'key')) FROM jsonb_array_elements(p_docs) d
+        WHERE d->>'key' IS NOT NULL) <> keys
+       OR NOT (SELECT bool_and(pg_try_advisory_xact_lock(hashtextextended((d->>'principal') || chr(31) || (d->>'key'), 0)))
+               FROM jsonb_array_elements(p_docs) d WHERE d->>'key' IS NOT NULL)
+    THEN
+        RAISE EXCEPTION 'a key of the group is used twice or held' USING ERRCODE = 'BOS02';
+    END IF;
+    INSERT INTO idempotency_keys (principal, key, request_hash, status_code, body)
+        SELECT x.d->>'principal', x.d->>'key', x.d->>'request_hash', (x.d->>'status_code')::integer, p_bodies[x.i]
+        FROM jsonb_array_elements(p_docs) WITH ORDINALITY AS x(d, i)
+        WHERE x.d->>'key' IS NOT NULL
+        ORDER BY x.i
+        ON CONFLICT DO NOTHING;
+    GET DIAGNOSTICS written = ROW_COUNT;
+    IF written <> keys THEN
+        RAISE EXCEPTION 'a key of the group holds a stored answer' USING ERRCODE = 'BOS02';
+    END IF;
+END $$;
+
+-- The group's events, in its outbox and in their orders' history: the k-th event of the group (in order of its
+-- writes, then of each write's events) has payload p_payloads[k]; the events of the i-th write are those of order
+-- p_order_ids[i].
+CREATE FUNCTION _append_group_events(p_docs jsonb, p_order_ids uuid[], p_payloads bytea[]) RETURNS void
+    LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    WITH e AS (
+        SELECT p_order_ids[x.i] AS order_id, e.id, e.lane, e.topic, e.key, e.headers, e.type, e.at,
+               row_number() OVER (ORDER BY x.i, e.n) AS k
+        FROM jsonb_array_elements(p_docs) WITH ORDINALITY AS x(d, i),
+             ROWS FROM (jsonb_to_recordset(x.d->'events') AS (id uuid, lane smallint, topic text, key text,
+                 headers jsonb, type text, at timestamptz))
+                 WITH ORDINALITY AS e(id, lane, topic, key, headers, type, at, n)
+    ), sent AS (
+        INSERT INTO outbox (event_id, lane, topic, key, headers, payload)
+            SELECT e.id, e.lane, e.topic, e.key, e.headers, p_payloads[e.k] FROM e ORDER BY e.k
+    )
+    INSERT INTO order_events (event_id, order_id, type, occurred_at, data)
+        SELECT e.id, e.order_id, e.type, e.at, convert_from(p_payloads[e.k], 'UTF8')::jsonb FROM e ORDER BY e.k;
+END $$;
+
+-- The set writes of 0008 and 0011, without their own lock of the products, through the two functions above.
+CREATE OR REPLACE FUNCTION _place_group(p_docs jsonb, p_bodies bytea[], p_payloads bytea[]) RETURNS void
+    LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    written integer;
     skus text[] := ARRAY(SELECT DISTINCT l->>'sku' FROM jsonb_array_elements(p_docs) d, jsonb_array_elements(d->'lines') l);
 BEGIN
-    -- Every key once in the group, free (no request holding it, as `idempotency_store` would wait for) and new.
-    SELECT count(*) INTO keys FROM jsonb_array_elements(p_docs) d WHERE d->>'key' IS NOT NULL;
-    IF keys > 0 THEN
-        IF (SELECT count(DISTINCT (d->>'principal', d->>'key')) FROM jsonb_array_elements(p_docs) d
-            WHERE d->>'key' IS NOT NULL) <> keys
-           OR NOT (SELECT bool_and(pg_try_advisory_xact_lock(hashtextextended((d->>'principal') || chr(31) || (d->>'key'), 0)))
-                   FROM jsonb_array_elements(p_docs) d WHERE d->>'key' IS NOT NULL)
-        THEN
-            RAISE EXCEPTION 'a key of the group is used twice or held' USING ERRCODE = 'BOS02';
-        END IF;
-        INSERT INTO idempotency_keys (principal, key, request_hash, status_code, body)
-            SELECT x.d->>'principal', x.d->>'key', x.d->>'request_hash', (x.d->>'status_code')::integer, p_bodies[x.i]
-            FROM jsonb_array_elements(p_docs) WITH ORDINALITY AS x(d, i)
-            WHERE x.d->>'key' IS NOT NULL
-            ORDER BY x.i
-            ON CONFLICT DO NOTHING;
-        GET DIAGNOSTICS written = ROW_COUNT;
-        IF written <> keys THEN
-            RAISE EXCEPTION 'a key of the group holds a stored answer' USING ERRCODE = 'BOS02';
-        END IF;
-    END IF;
+    PERFORM _claim_group_keys(p_docs, p_bodies);
 
     -- Each product's reservation for the whole group, at the one price and currency every order read. The products
     -- are named by key too: the plan a session keeps stays an index scan as the catalogue grows.
@@ -132,51 +166,20 @@ BEGIN
              ROWS FROM (jsonb_to_recordset(x.d->'lines') AS (sku text, quantity integer, price bigint, reserved integer))
                  WITH ORDINALITY AS l(sku, quantity, price, reserved, n)
         ORDER BY x.i, l.n;
-    -- The k-th event of the group (in order of its orders, then of each order's events) has payload p_payloads[k].
-    WITH e AS (
-        SELECT (x.d->'order'->>'id')::uuid AS order_id, e.id, e.lane, e.topic, e.key, e.headers, e.type, e.at,
-               row_number() OVER (ORDER BY x.i, e.n) AS k
-        FROM jsonb_array_elements(p_docs) WITH ORDINALITY AS x(d, i),
-             ROWS FROM (jsonb_to_recordset(x.d->'events') AS (id uuid, lane smallint, topic text, key text,
-                 headers jsonb, type text, at timestamptz))
-                 WITH ORDINALITY AS e(id, lane, topic, key, headers, type, at, n)
-    ), sent AS (
-        INSERT INTO outbox (event_id, lane, topic, key, headers, payload)
-            SELECT e.id, e.lane, e.topic, e.key, e.headers, p_payloads[e.k] FROM e ORDER BY e.k
-    )
-    INSERT INTO order_events (event_id, order_id, type, occurred_at, data)
-        SELECT e.id, e.order_id, e.type, e.at, convert_from(p_payloads[e.k], 'UTF8')::jsonb FROM e ORDER BY e.k;
+    PERFORM _append_group_events(p_docs, ARRAY(SELECT (x.d->'order'->>'id')::uuid
+                                                FROM jsonb_array_elements(p_docs) WITH ORDINALITY AS x(d, i)
+                                                ORDER BY x.i), p_payloads);
 END $$;
 
 CREATE OR REPLACE FUNCTION _ship_group(p_docs jsonb, p_bodies bytea[], p_payloads bytea[]) RETURNS void
     LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    keys integer;
     written integer;
     skus text[] := ARRAY(SELECT DISTINCT l->>'sku' FROM jsonb_array_elements(p_docs) d, jsonb_array_elements(d->'lines') l);
-    ids uuid[] := ARRAY(SELECT (d->>'order_id')::uuid FROM jsonb_array_elements(p_docs) d);
+    ids uuid[] := ARRAY(SELECT (x.d->>'order_id')::uuid FROM jsonb_array_elements(p_docs) WITH ORDINALITY AS x(d, i)
+                        ORDER BY x.i);
 BEGIN
-    -- Every key once in the group, free (no request holding it, as `idempotency_store` would wait for) and new.
-    SELECT count(*) INTO keys FROM jsonb_array_elements(p_docs) d WHERE d->>'key' IS NOT NULL;
-    IF keys > 0 THEN
-        IF (SELECT count(DISTINCT (d->>'principal', d->>'key')) FROM jsonb_array_elements(p_docs) d
-            WHERE d->>'key' IS NOT NULL) <> keys
-           OR NOT (SELECT bool_and(pg_try_advisory_xact_lock(hashtextextended((d->>'principal') || chr(31) || (d->>'key'), 0)))
-                   FROM jsonb_array_elements(p_docs) d WHERE d->>'key' IS NOT NULL)
-        THEN
-            RAISE EXCEPTION 'a key of the group is used twice or held' USING ERRCODE = 'BOS02';
-        END IF;
-        INSERT INTO idempotency_keys (principal, key, request_hash, status_code, body)
-            SELECT x.d->>'principal', x.d->>'key', x.d->>'request_hash', (x.d->>'status_code')::integer, p_bodies[x.i]
-            FROM jsonb_array_elements(p_docs) WITH ORDINALITY AS x(d, i)
-            WHERE x.d->>'key' IS NOT NULL
-            ORDER BY x.i
-            ON CONFLICT DO NOTHING;
-        GET DIAGNOSTICS written = ROW_COUNT;
-        IF written <> keys THEN
-            RAISE EXCEPTION 'a key of the group holds a stored answer' USING ERRCODE = 'BOS02';
-        END IF;
-    END IF;
+    PERFORM _claim_group_keys(p_docs, p_bodies);
 
     -- Each product's stock for the whole group: what the group ships leaves the shelf and its reservation. Taken one
     -- shipment after another, as the loop does, each would find enough exactly when the sums do.
@@ -229,18 +232,5 @@ BEGIN
              jsonb_to_record(x.d->'shipment')
                  AS s(id uuid, lines jsonb, subtotal_minor bigint, carrier text, tracking_number text)
         ORDER BY x.i;
-    -- The k-th event of the group (in order of its shipments, then of each one's events) has payload p_payloads[k].
-    WITH e AS (
-        SELECT (x.d->>'order_id')::uuid AS order_id, e.id, e.lane, e.topic, e.key, e.headers, e.type, e.at,
-               row_number() OVER (ORDER BY x.i, e.n) AS k
-        FROM jsonb_array_elements(p_docs) WITH ORDINALITY AS x(d, i),
-             ROWS FROM (jsonb_to_recordset(x.d->'events') AS (id uuid, lane smallint, topic text, key text,
-                 headers jsonb, type text, at timestamptz))
-                 WITH ORDINALITY AS e(id, lane, topic, key, headers, type, at, n)
-    ), sent AS (
-        INSERT INTO outbox (event_id, lane, topic, key, headers, payload)
-            SELECT e.id, e.lane, e.topic, e.key, e.headers, p_payloads[e.k] FROM e ORDER BY e.k
-    )
-    INSERT INTO order_events (event_id, order_id, type, occurred_at, data)
-        SELECT e.id, e.order_id, e.type, e.at, convert_from(p_payloads[e.k], 'UTF8')::jsonb FROM e ORDER BY e.k;
+    PERFORM _append_group_events(p_docs, ids, p_payloads);
 END $$;
