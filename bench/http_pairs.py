@@ -18,7 +18,7 @@ import orjson
 from backoffice.auth import issue_token
 from backoffice.settings import DEV_JWT_SECRET
 from bench.loadgen import Client, Run, closed_loop, open_loop, percentile
-from bench.stack import CpuMeter, Stack
+from bench.stack import CpuMeter, RunQueueMeter, Stack
 
 SKUS = [f"BENCH-{n:03d}" for n in range(200)]
 TOKEN = issue_token(
@@ -154,6 +154,7 @@ class Step:
     why: str = ""
     growth_ms: float = math.nan  # the latency's rise over the step (`latency_growth_ms`), when all were posted
     tag: str = ""  # its orders' customers are `p{tag}-{n}`
+    waiting: dict[str, float] = field(default_factory=dict)  # cores' worth of waiting for a CPU (`RunQueueMeter`)
 
     def p(self, q: float) -> float:
         return percentile(self.latencies_ms, q)
@@ -191,9 +192,10 @@ async def pipeline_step(http: Http, *, rate: float, seconds: float, drain_s: flo
         )
         return status == 201
 
-    meter = CpuMeter(http.stack.processes())
+    processes = http.stack.processes()
+    meter, queue = CpuMeter(processes), RunQueueMeter(processes)
     run = await open_loop(order_and_ship, rate=rate, seconds=seconds)
-    cpu = meter.cores()
+    cpu, waiting = meter.cores(), queue.cores()
     posted = await _posted(http.stack, run_tag, expected=run.done, timeout=drain_s)
     if len(posted) < run.done:  # fell behind: let the backlog drain before anything else is measured
         await _posted(http.stack, run_tag, expected=run.done, timeout=180)
@@ -210,7 +212,8 @@ async def pipeline_step(http: Http, *, rate: float, seconds: float, drain_s: flo
         grew = latency_growth_ms(latencies)
         if grew > GROWTH_LIMIT_MS:
             why = f"latency grew {grew:.0f} ms over the step (trend), more than {GROWTH_LIMIT_MS:.0f} ms"
-    return Step(rate, run.done + run.errors, run.errors, len(posted), values, not why, cpu, why, grew, run_tag)
+    sent = run.done + run.errors
+    return Step(rate, sent, run.errors, len(posted), values, not why, cpu, why, grew, run_tag, waiting)
 
 
 async def order_to_ledger(

@@ -88,8 +88,9 @@ def cores_by_role(
 
 
 def describe(step: http_pairs.Step, pg_roles: Mapping[str, float]) -> list[str]:
-    """A step's lines: its outcome, then each process's cores over the load, then PostgreSQL's by role (those from
-    0.005) over the load and the wait for its last entries (the same span unless the step fell behind)."""
+    """A step's lines: its outcome, then each process's cores over the load and how long each waited for a CPU while
+    runnable (`Step.waiting`, those from 0.01), then PostgreSQL's cores by role (those from 0.005) over the load and
+    the wait for its last entries (the same span unless the step fell behind)."""
     outcome = "kept up" if step.sustained else f"fell behind ({step.why})"
     per_order = 1000 * step.busy_cores / step.rate if step.rate else float("nan")
     lines = [
@@ -100,6 +101,12 @@ def describe(step: http_pairs.Step, pg_roles: Mapping[str, float]) -> list[str]:
     lines.append("  cores: " + ", ".join(f"{name} {cores:.2f}" for name, cores in ranked))
     if step.cpu.get("steal"):
         lines[-1] += f" (stolen by the hypervisor: {step.cpu['steal']:.2f})"
+    if step.waiting:
+        queued = sorted(((n, c) for n, c in step.waiting.items() if c >= 0.01), key=lambda kv: -kv[1])
+        lines.append(
+            "  waiting for a CPU while runnable, in cores: "
+            + (", ".join(f"{name} {cores:.2f}" for name, cores in queued) or "none")
+        )
     shown = [f"{role} {cores:.3f}" for role, cores in pg_roles.items() if cores >= 0.005]
     lines.append("  postgres, over the step and its drain: " + (", ".join(shown) or "idle"))
     return lines

@@ -11,6 +11,7 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from types import SimpleNamespace
 
 import asyncpg
@@ -22,7 +23,7 @@ from bench import http_pairs, loadgen, pgperf, probe, report
 from bench.ledger_post import LedgerBench
 from bench.loadgen import percentile
 from bench.messaging import ConsumerBench, RelayBench, Tail, started_producer
-from bench.stack import CpuMeter, Stack
+from bench.stack import CpuMeter, RunQueueMeter, Stack, run_queue_seconds
 from tests.conftest import ADMIN_DSN, BOOTSTRAP
 
 
@@ -222,6 +223,24 @@ class TestCpuMeter:
         cores = meter.cores()
         assert set(cores) == {"bench", "steal"}
         assert cores["bench"] > 0 and cores["steal"] >= 0
+
+
+class TestRunQueueMeter:
+    def test_the_wait_of_every_thread_of_a_process_is_summed(self, tmp_path: Path) -> None:
+        # /proc/<pid>/task/<tid>/schedstat: ns on the CPU, ns waiting on a run queue, time slices
+        for tid, line in ((os.getpid(), "900000000 250000000 40"), (4242, "10 1500000000 3")):
+            task = tmp_path / str(os.getpid()) / "task" / str(tid)
+            task.mkdir(parents=True)
+            (task / "schedstat").write_text(line + "\n")
+        assert run_queue_seconds(os.getpid(), children=False, proc=tmp_path) == pytest.approx(1.75)
+
+    def test_a_process_that_cannot_be_read_waited_nothing(self, tmp_path: Path) -> None:
+        assert run_queue_seconds(os.getpid(), children=False, proc=tmp_path) == 0.0
+
+    def test_it_reports_each_process_in_cores(self) -> None:
+        meter = RunQueueMeter({"bench": [os.getpid()]})
+        waiting = meter.cores()
+        assert set(waiting) == {"bench"} and waiting["bench"] >= 0
 
 
 class TestKeptUp:
@@ -513,6 +532,12 @@ class TestProbe:
             "  cores: postgres 0.62, orders 0.47, kafka 0.19, bench 0.10 (stolen by the hypervisor: 0.30)"
         )
         assert lines[2] == "  postgres, over the step and its drain: db orders 0.410, db ledger 0.120"  # not < 0.005
+
+    def test_a_step_that_measured_its_waits_for_a_cpu_gives_them_largest_first(self) -> None:
+        step = TestStepReport._step(rate=200.0, waiting={"kafka": 0.26, "orders": 0.33, "bench": 0.004})
+        lines = probe.describe(step, {"db orders": 0.41})
+        assert lines[2] == "  waiting for a CPU while runnable, in cores: orders 0.33, kafka 0.26"  # not < 0.01
+        assert lines[3] == "  postgres, over the step and its drain: db orders 0.410"
 
     def test_the_wal_of_a_step_is_given_per_order_with_its_most_frequent_records_first(self) -> None:
         records = [
