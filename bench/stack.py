@@ -194,9 +194,9 @@ def _cpu_seconds(pid: int, *, children: bool) -> float:
 
 
 @dataclass
-class CpuMeter:
-    """CPU used per process (with its children: PostgreSQL's backends) over a span, in cores (1.0 = one core), and
-    `steal`: the cores the hypervisor took for other guests over that span."""
+class _SpanMeter:
+    """A per-process count of seconds (`_sample`, each process with its children but the bench's own) over a span,
+    in cores: seconds per second of the span."""
 
     pids: dict[str, list[int]]
     started: float = field(default_factory=time.monotonic)
@@ -206,16 +206,24 @@ class CpuMeter:
         self.before = self._sample()
 
     def _sample(self) -> dict[str, float]:
-        used = {
-            name: sum(_cpu_seconds(pid, children=name != "bench") for pid in pids) for name, pids in self.pids.items()
-        }
-        # What the hypervisor gave to other machines meanwhile (Linux guests): a run that shows it shared the host.
-        return {**used, "steal": getattr(psutil.cpu_times(), "steal", 0.0)}
+        raise NotImplementedError
 
     def cores(self) -> dict[str, float]:
         wall = max(time.monotonic() - self.started, 1e-6)
         after = self._sample()
         return {name: round(max(after[name] - self.before.get(name, 0.0), 0.0) / wall, 2) for name in after}
+
+
+class CpuMeter(_SpanMeter):
+    """CPU used per process (with its children: PostgreSQL's backends) over a span, in cores (1.0 = one core), and
+    `steal`: the cores the hypervisor took for other guests over that span."""
+
+    def _sample(self) -> dict[str, float]:
+        used = {
+            name: sum(_cpu_seconds(pid, children=name != "bench") for pid in pids) for name, pids in self.pids.items()
+        }
+        # What the hypervisor gave to other machines meanwhile (Linux guests): a run that shows it shared the host.
+        return {**used, "steal": getattr(psutil.cpu_times(), "steal", 0.0)}
 
 
 def run_queue_seconds(pid: int, *, children: bool, proc: Path = Path("/proc")) -> float:
@@ -237,30 +245,17 @@ def run_queue_seconds(pid: int, *, children: bool, proc: Path = Path("/proc")) -
     return waited / 1e9
 
 
-@dataclass
-class RunQueueMeter:
+class RunQueueMeter(_SpanMeter):
     """Per process (with its children, as `CpuMeter`), the cores' worth of time its threads spent runnable but
-    waiting for a CPU over a span. On two shared cores a process that is busy all the time yet runs only part of a
-    core waits the rest: at the pipeline's ceiling on 2026-12-01 the orders process ran 0.63 of a core and waited
-    0.33, runnable 96 % of the time, the stage that queued."""
-
-    pids: dict[str, list[int]]
-    started: float = field(default_factory=time.monotonic)
-    before: dict[str, float] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.before = self._sample()
+    waiting for a CPU over a span. On two shared cores a process that has work all the time yet runs only part of a
+    core waits the rest: at 470 orders/s on 2026-12-01, past the pipeline's ceiling, the orders process ran 0.62 of a
+    core and waited 0.36, the stage that queued."""
 
     def _sample(self) -> dict[str, float]:
         return {
             name: sum(run_queue_seconds(pid, children=name != "bench") for pid in pids)
             for name, pids in self.pids.items()
         }
-
-    def cores(self) -> dict[str, float]:
-        wall = max(time.monotonic() - self.started, 1e-6)
-        after = self._sample()
-        return {name: round(max(after[name] - self.before.get(name, 0.0), 0.0) / wall, 2) for name in after}
 
 
 def start_profile(stack: Stack, name: str, *, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
