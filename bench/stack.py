@@ -177,14 +177,18 @@ class Stack:
         self.pg.stop()
 
 
-def _cpu_seconds(pid: int, *, children: bool) -> float:
+def _family(pid: int, *, children: bool) -> list[psutil.Process]:
+    """The process `pid` and, with `children`, all its descendants (PostgreSQL's backends); none once it has ended."""
     try:
         proc = psutil.Process(pid)
-        procs = [proc, *(proc.children(recursive=True) if children else ())]
+        return [proc, *(proc.children(recursive=True) if children else ())]
     except psutil.Error:
-        return 0.0
+        return []
+
+
+def _cpu_seconds(pid: int, *, children: bool) -> float:
     total = 0.0
-    for p in procs:
+    for p in _family(pid, children=children):
         try:
             times = p.cpu_times()
         except psutil.Error:
@@ -229,15 +233,9 @@ class CpuMeter(_SpanMeter):
 def run_queue_seconds(pid: int, *, children: bool, proc: Path = Path("/proc")) -> float:
     """How long the threads of `pid` (and of its children) have waited, runnable, for a CPU so far: the second field
     of each thread's `/proc/<pid>/task/<tid>/schedstat` (Linux with schedstats; 0 where it cannot be read)."""
-    pids = [pid]
-    if children:
-        try:
-            pids += [child.pid for child in psutil.Process(pid).children(recursive=True)]
-        except psutil.Error:
-            return 0.0
     waited = 0
-    for each in pids:
-        for task in (proc / str(each) / "task").glob("*/schedstat"):
+    for each in _family(pid, children=children):
+        for task in (proc / str(each.pid) / "task").glob("*/schedstat"):
             try:
                 waited += int(task.read_text().split()[1])
             except (OSError, IndexError, ValueError):
