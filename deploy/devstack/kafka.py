@@ -115,7 +115,9 @@ class KafkaBroker:
             "-Xmx768m",
             "-XX:+UseG1GC",
             # C1 only: this broker lives for a test run or a dev session; C2 kept compiling for minutes after each
-            # start (0.2-0.3 of a core measured at 30 orders/s), more than its faster code saved (about 0.08).
+            # start (0.2-0.3 of a core measured at 30 orders/s), more than its faster code saved (about 0.08). The
+            # bench's broker is no exception: in its pipeline at 430-480 orders/s (2026-12-01), C2 took 0.27-0.34 of
+            # a core after a 30 s warm-up and still 0.15-0.20 after 4 minutes of load, against 0.13-0.15 with C1.
             "-XX:TieredStopAtLevel=1",
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={LOG4J}",
