@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,6 +212,10 @@ class _SpanMeter:
     def _sample(self) -> dict[str, float]:
         raise NotImplementedError
 
+    def _per_process(self, seconds: Callable[..., float]) -> dict[str, float]:
+        """`seconds(pid, children=...)` summed over each name's pids: with their children, but the bench's own."""
+        return {name: sum(seconds(pid, children=name != "bench") for pid in pids) for name, pids in self.pids.items()}
+
     def cores(self) -> dict[str, float]:
         wall = max(time.monotonic() - self.started, 1e-6)
         after = self._sample()
@@ -223,9 +227,7 @@ class CpuMeter(_SpanMeter):
     `steal`: the cores the hypervisor took for other guests over that span."""
 
     def _sample(self) -> dict[str, float]:
-        used = {
-            name: sum(_cpu_seconds(pid, children=name != "bench") for pid in pids) for name, pids in self.pids.items()
-        }
+        used = self._per_process(_cpu_seconds)
         # What the hypervisor gave to other machines meanwhile (Linux guests): a run that shows it shared the host.
         return {**used, "steal": getattr(psutil.cpu_times(), "steal", 0.0)}
 
@@ -250,10 +252,7 @@ class RunQueueMeter(_SpanMeter):
     core and waited 0.36, the stage that queued."""
 
     def _sample(self) -> dict[str, float]:
-        return {
-            name: sum(run_queue_seconds(pid, children=name != "bench") for pid in pids)
-            for name, pids in self.pids.items()
-        }
+        return self._per_process(run_queue_seconds)
 
 
 def start_profile(stack: Stack, name: str, *, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
