@@ -1,7 +1,9 @@
 """`python -m bench [--quick] [--only NAME ...]`: run the pairs, print the table, write `.run/reports/bench.json`.
 
 Every pair runs twice: with PostgreSQL's default `synchronous_commit=on`, then with `off` (the second column).
-Within a mode, ours and the baseline alternate (warm-up first, then `repeats` each) and the medians are compared.
+Within a mode, ours and the baseline alternate (warm-up first, then `repeats` each); where the two sides ran in
+turn at the same setting, the ratio is the median of the repeats' ratios (`report.figures`), else that of the
+medians.
 `http_place_order` runs in both modes before the pipelines (`pipeline_max_rate`, `order_to_ledger_p99`) of either.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import platform
 import signal
@@ -73,21 +76,20 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-async def alternate(
-    sizes: Sizes, ours: Callable[[int], Awaitable[Timed]], baseline: Callable[[int], Awaitable[Timed]], count: int
-) -> tuple[list[Timed], list[Timed]]:
-    """A small warm-up of each, then ours and the baseline in turn, `repeats` times."""
-    await ours(max(50, count // 10))
-    await baseline(max(50, count // 10))
-    mine, theirs = [], []
+async def alternate(sizes: Sizes, count: int, *sides: Callable[[int], Awaitable[Timed]]) -> tuple[list[Timed], ...]:
+    """A small warm-up of each side, then each in turn, `repeats` times: the i-th runs of the sides are neighbours
+    in time, and their ratios are paired (`report.figures`)."""
+    for side in sides:
+        await side(max(50, count // 10))
+    runs: tuple[list[Timed], ...] = tuple([] for _ in sides)
     for _ in range(sizes.repeats):
-        mine.append(await ours(count))
-        theirs.append(await baseline(count))
-    return mine, theirs
+        for side, done in zip(sides, runs, strict=True):
+            done.append(await side(count))
+    return runs
 
 
 def _timed_figures(name: str, mine: list[Timed], theirs: list[Timed]) -> report.Figures:
-    f = figures(TARGETS[name][1], [t.rate for t in mine], [t.rate for t in theirs])
+    f = figures(TARGETS[name][1], [t.rate for t in mine], [t.rate for t in theirs], paired=True)
     f.cpu_cores, f.baseline_cpu_cores = mine[-1].cpu, theirs[-1].cpu
     return f
 
@@ -111,7 +113,7 @@ class Bench:
 
             await ensure_topics(self.stack.bootstrap, prefix=relay.prefix, partitions=6)
             spy = self._profile(f"outbox_relay-{mode}", 60)
-            mine, theirs = await alternate(s, relay.ours, relay.baseline, s.relay_events)
+            mine, theirs = await alternate(s, s.relay_events, relay.ours, relay.baseline)
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait()
@@ -121,7 +123,7 @@ class Bench:
         if self.wanted("consumer_apply"):
             consumer = ConsumerBench(self.stack, await self.stack.database("bench_consumer"))
             spy = self._profile(f"consumer_apply-{mode}", 60)
-            mine, theirs = await alternate(s, consumer.ours, consumer.baseline, s.consumer_events)
+            mine, theirs = await alternate(s, s.consumer_events, consumer.ours, consumer.baseline)
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait()
@@ -130,11 +132,14 @@ class Bench:
             self._set("consumer_apply", mode, f)
         if self.wanted("ledger_post", "ledger_post_hot_account"):
             ledger = await LedgerBench.create(self.stack)
-            mine, theirs = await alternate(s, ledger.ours, ledger.baseline, s.ledger_entries)
+            # The hot-account case runs in the same rotation, so that each of its runs has a spread run of ours
+            # just before it (separated by the baseline's) to be paired with.
+            mine, theirs, hot = await alternate(
+                s, s.ledger_entries, ledger.ours, ledger.baseline, functools.partial(ledger.ours, hot=True)
+            )
             f = _timed_figures("ledger_post", mine, theirs)
             await self._latency(f, ledger.latency, "until its transaction committed")
             self._set("ledger_post", mode, f)
-            hot = [await ledger.ours(s.ledger_entries, hot=True) for _ in range(s.repeats)]
             f = _timed_figures("ledger_post_hot_account", hot, mine)
 
             async def hot_or_spread(*, ours: bool, rate: float, seconds: float) -> list[float]:
@@ -191,7 +196,12 @@ class Bench:
                 say(f"  http errors: {t.errors} ({t.first_error})")
         ours_at = http_pairs.peak({c: [t.rate for t in runs] for c, runs in mine.items()})
         base_at = http_pairs.peak({c: [t.rate for t in runs] for c, runs in theirs.items()})
-        f = figures(TARGETS["http_place_order"][1], [t.rate for t in mine[ours_at]], [t.rate for t in theirs[base_at]])
+        f = figures(
+            TARGETS["http_place_order"][1],
+            [t.rate for t in mine[ours_at]],
+            [t.rate for t in theirs[base_at]],
+            paired=ours_at == base_at,  # else the two sides' runs were minutes apart, at different client counts
+        )
         f.cpu_cores, f.baseline_cpu_cores = mine[ours_at][-1].cpu, theirs[base_at][-1].cpu
         rate = f.ours / 2
         ours_lat = await http_pairs.latency(client, ours=True, rate=rate, seconds=s.latency_s)

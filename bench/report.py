@@ -26,6 +26,10 @@ class Figures:
     baseline_cpu_cores: dict[str, float] = field(default_factory=dict)
     runs: list[float] = field(default_factory=list)
     baseline_runs: list[float] = field(default_factory=list)
+    # Paired repeats (ours, then its baseline right after): each repeat's ratio, and the ratio of the two medians,
+    # which is what `ratio` would be without the pairing.
+    paired_ratios: list[float] = field(default_factory=list)
+    ratio_of_medians: float | None = None
     note: str = ""
 
 
@@ -64,12 +68,26 @@ def figures(
     baseline: list[float] | None,
     *,
     kind: Literal["ratio", "value"] = "ratio",
+    paired: bool = False,
     **extra: Any,
 ) -> Figures:
-    """Medians of the repeats, their ratio and whether the target is met."""
+    """Medians of the repeats, their ratio and whether the target is met.
+
+    `paired`: the i-th run of ours and the i-th of the baseline ran one after the other, and the ratio is the median
+    of the repeats' ratios rather than the ratio of the medians. The host's speed drifts over a pair's minutes (on
+    2026-12-01 the five baseline runs of `consumer_apply` rose from 2598 to 5285 events/s, while ours' went from 2732
+    to 4199, each just before its baseline): medians taken side by side then compare a run made on a slow minute
+    with one made on a fast minute (0.56 that day), where each repeat compares two neighbours (their median 0.74).
+    """
     mine = median(ours)
     base = median(baseline) if baseline else None
-    ratio = mine / base if kind == "ratio" and base else None
+    of_medians = mine / base if kind == "ratio" and base else None
+    pairs: list[float] = []
+    if paired and baseline and kind == "ratio":
+        if len(baseline) != len(ours):
+            raise ValueError(f"paired runs must match: {len(ours)} of ours, {len(baseline)} of the baseline")
+        pairs = [o / b for o, b in zip(ours, baseline, strict=True) if b]
+    ratio = median(pairs) if pairs else of_medians
     return Figures(
         ours=round(mine, 2),
         baseline=round(base, 2) if base is not None else None,
@@ -77,6 +95,8 @@ def figures(
         met=judge(target, ours=mine, ratio=ratio),
         runs=[round(v, 2) for v in ours],
         baseline_runs=[round(v, 2) for v in baseline or []],
+        paired_ratios=[round(r, 3) for r in pairs],
+        ratio_of_medians=round(of_medians, 3) if pairs and of_medians is not None else None,
         **extra,
     )
 
@@ -113,6 +133,11 @@ def table(pairs: list[Pair]) -> str:
         cpu_lines.append(f"  {pair.name}: {a[5]}   (baseline: {_cpu(on)})")
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    if any(f.paired_ratios for pair in pairs for f in pair.modes.values()):
+        lines.append(
+            "ours and baseline are the medians of their runs; where the two took turns, the ratio is the median of"
+            " each turn's ratio (bench.json: paired_ratios, ratio_of_medians)"
+        )
     return "\n".join([*lines, "", "CPU per process during ours (cores, synchronous_commit=on):", *cpu_lines])
 
 

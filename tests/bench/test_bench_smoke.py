@@ -9,6 +9,7 @@ import itertools
 import math
 import os
 import random
+import statistics
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,9 +21,10 @@ import pytest
 from backoffice.db import SHARED_MIGRATIONS, Migration, load_migrations, migrate_dsn
 from backoffice.topics import ensure_topics, events_topic
 from bench import http_pairs, loadgen, pgperf, probe, report
+from bench.__main__ import Sizes, alternate
 from bench.ledger_post import LedgerBench
 from bench.loadgen import percentile
-from bench.messaging import ConsumerBench, RelayBench, Tail, started_producer
+from bench.messaging import ConsumerBench, RelayBench, Tail, Timed, started_producer
 from bench.stack import CpuMeter, RunQueueMeter, Stack, run_queue_seconds
 from tests.conftest import ADMIN_DSN, BOOTSTRAP
 
@@ -72,6 +74,50 @@ class TestReport:
         assert not report.judge("<= 250", ours=300.0, ratio=None)
         assert report.judge(">= 0.5", ours=1.0, ratio=0.6)
         assert not report.judge(">= 0.5", ours=1.0, ratio=math.nan)
+
+    def test_paired_repeats_give_the_median_of_their_ratios_and_keep_the_ratio_of_medians(self) -> None:
+        # the host speeds up over the pair: each repeat's sides agree, the medians of the sides do not
+        ours = [2700.0, 2300.0, 2460.0, 3290.0, 4200.0]
+        baseline = [2600.0, 3100.0, 5280.0, 4880.0, 5190.0]
+        f = report.figures(">= 0.7", ours, baseline, paired=True)
+        assert f.paired_ratios == [round(o / b, 3) for o, b in zip(ours, baseline, strict=True)]
+        assert f.ratio == pytest.approx(statistics.median(o / b for o, b in zip(ours, baseline, strict=True)), abs=1e-3)
+        assert f.ratio_of_medians == pytest.approx(2700.0 / 4880.0, abs=1e-3)
+        assert f.met and not report.judge(">= 0.7", ours=f.ours, ratio=f.ratio_of_medians)
+        assert (f.ours, f.baseline) == (2700.0, 4880.0)  # the sides are still given by their medians
+        pair = report.Pair("consumer_apply", "events/s", ">= 0.7", {"sync_on": f})
+        assert "median of each turn's ratio" in report.table([pair])
+        assert pair.row()["paired_ratios"] == f.paired_ratios and pair.row()["ratio_of_medians"] == f.ratio_of_medians
+
+    def test_unpaired_repeats_give_the_ratio_of_medians(self) -> None:
+        f = report.figures(">= 0.7", [2700.0, 2300.0, 4200.0], [2600.0, 3100.0, 5280.0])
+        assert f.ratio == pytest.approx(2700.0 / 3100.0, abs=1e-3)
+        assert f.paired_ratios == [] and f.ratio_of_medians is None
+
+    def test_paired_repeats_must_match_one_for_one(self) -> None:
+        with pytest.raises(ValueError, match="paired"):
+            report.figures(">= 0.7", [1.0, 2.0], [1.0], paired=True)
+
+    async def test_the_sides_of_a_pair_take_turns_after_a_warm_up_of_each(self) -> None:
+        calls: list[tuple[str, int]] = []
+
+        def side(name: str) -> Callable[[int], Awaitable[Timed]]:
+            async def run(count: int) -> Timed:
+                calls.append((name, count))
+                return Timed(float(len(calls)), {})
+
+            return run
+
+        sizes = Sizes(3, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0)
+        ours, baseline, hot = await alternate(sizes, 1000, side("ours"), side("baseline"), side("hot"))
+        assert calls == [("ours", 100), ("baseline", 100), ("hot", 100)] + [
+            (name, 1000) for _ in range(3) for name in ("ours", "baseline", "hot")
+        ]
+        assert [[t.rate for t in side] for side in (ours, baseline, hot)] == [
+            [4.0, 7.0, 10.0],
+            [5.0, 8.0, 11.0],
+            [6.0, 9.0, 12.0],
+        ]
 
     def test_percentiles_are_nearest_rank(self) -> None:
         values = [float(v) for v in range(1, 101)]
