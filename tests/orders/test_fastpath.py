@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
@@ -1169,3 +1170,84 @@ class TestShipmentsWrittenAsOneSet:
             assert (await get_order(client, order["id"]))["status"] == "shipped"
         shown = await product(client, sku)
         assert (shown["on_hand"], shown["reserved"]) == (20 - 6, 0)
+
+
+class TestLinger:
+    """A group transaction starts at most every `linger` seconds unless `fill` writes are waiting; a write after a
+    quiet spell is written at once (`fastpath._Writer`)."""
+
+    @staticmethod
+    def _recorded(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+        sizes: list[int] = []
+
+        async def write(self: fastpath.GroupCommit, pool: Any, group: Any) -> Any:
+            sizes.append(len(group))
+            return [("written", None)] * len(group)
+
+        monkeypatch.setattr(fastpath.GroupCommit, "_write", write)
+        return sizes
+
+    @staticmethod
+    def _submit(group: fastpath.GroupCommit) -> asyncio.Task[Any]:
+        return asyncio.ensure_future(group.submit(None, {}, b"", []))  # type: ignore[arg-type]
+
+    async def test_a_write_after_a_quiet_spell_is_written_at_once_and_the_next_waits_for_its_group_to_fill(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        sizes = self._recorded(monkeypatch)
+        writer = fastpath._Writer(linger=60.0, fill=3)  # a linger no test waits out
+        group = fastpath.GroupCommit("place", writer)
+        assert await asyncio.wait_for(self._submit(group), 5) == ("written", None)
+        waiting = [self._submit(group), self._submit(group)]
+        await asyncio.sleep(0.05)
+        assert not any(w.done() for w in waiting) and sizes == [1]  # within the linger, two of three
+        waiting.append(self._submit(group))  # the third fills the group: it is written at once
+        assert await asyncio.wait_for(asyncio.gather(*waiting), 5) == [("written", None)] * 3
+        assert sizes == [1, 3]
+
+    async def test_writes_short_of_the_fill_are_written_together_once_the_linger_is_over(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        sizes = self._recorded(monkeypatch)
+        writer = fastpath._Writer(linger=0.2, fill=100)
+        place, ship = fastpath.GroupCommit("place", writer), fastpath.GroupCommit("ship", writer)
+        await asyncio.wait_for(self._submit(place), 5)
+        monkeypatch.setattr(fastpath._Writer, "_write_together", _together_sizes(sizes))
+        waiting = [self._submit(place), self._submit(ship), self._submit(place)]
+        assert await asyncio.wait_for(asyncio.gather(*waiting), 5) == [("written", None)] * 3
+        assert sizes == [1, 2, 1]  # the first alone; then both kinds, in one transaction
+
+    async def test_a_writer_stopped_while_lingering_hands_each_write_back_to_be_written_on_its_own(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        sizes = self._recorded(monkeypatch)
+        writer = fastpath._Writer(linger=60.0, fill=10)
+        group = fastpath.GroupCommit("ship", writer)
+        await asyncio.wait_for(self._submit(group), 5)
+        waiting = self._submit(group)
+        await asyncio.sleep(0.05)
+        assert writer._task is not None and not waiting.done()
+        writer._task.cancel()
+        assert await asyncio.wait_for(waiting, 5) == ("retry", None)
+        assert sizes == [1] and writer._task is None
+
+    def test_the_service_writes_at_once_unless_told_to_linger(self) -> None:
+        def writer(settings: Settings) -> fastpath._Writer:
+            app = SimpleNamespace(state=SimpleNamespace(settings=settings))
+            group = fastpath.GroupCommit.of(app, "place")
+            assert group is not None and fastpath.GroupCommit.of(app, "ship") is not None
+            assert app.state.group_writer.kinds == [group, app.state.group_commits["ship"]]  # one writer for both
+            return group._shared
+
+        default = writer(Settings())
+        assert (default.linger, default.fill) == (0.0, 8)
+        told = writer(Settings(group_linger_ms=15, group_fill=4))
+        assert (told.linger, told.fill) == (0.015, 4)
+
+
+def _together_sizes(sizes: list[int]) -> Any:
+    async def write_together(pool: Any, taken: Any) -> Any:
+        sizes.extend(len(group) for _, group in taken)
+        return [[("written", None)] * len(group) for _, group in taken]
+
+    return staticmethod(write_together)

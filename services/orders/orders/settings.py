@@ -22,3 +22,8 @@ class Settings(ServiceSettings):
     # In-stock orders arriving together are written in one transaction (`fastpath.GroupCommit`); off, each is
     # written by a statement of its own.
     group_commit: bool = True
+    # Lingering (`fastpath._Writer`): a group transaction starts at most every `group_linger_ms` unless `group_fill`
+    # writes are waiting. Off (0) by default: each group is written as soon as the last one is done, and a request
+    # never waits for others. On a host short of CPU it trades latency for CPU: see the `_Writer`'s documentation.
+    group_linger_ms: float = Field(0.0, ge=0, le=100)
+    group_fill: int = Field(8, ge=1, le=48)
