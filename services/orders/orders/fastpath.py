@@ -526,20 +526,20 @@ class _Writer:
     async def _linger(self) -> None:
         """Until `fill` writes are waiting or `linger` has passed since the last transaction started."""
         loop = asyncio.get_running_loop()
-        due = self._started_at + self.linger
-        while self.waiting() < self.fill and (left := due - loop.time()) > 0:
-            self._filled.clear()
+        left = self._started_at + self.linger - loop.time()
+        if self.waiting() < self.fill and left > 0:
+            self._filled.clear()  # only `start` sets it, once the writes waiting reach `fill`
             try:
                 async with asyncio.timeout(left):
                     await self._filled.wait()
             except TimeoutError:
-                break
+                pass
         self._started_at = loop.time()
 
     async def _write_all(self, pool: asyncpg.Pool) -> None:
         taken: list[tuple[GroupCommit, list[_Waiting]]] = []
         try:
-            while any(kind._waiting for kind in self.kinds):
+            while self.waiting():
                 if self.linger:
                     await self._linger()
                 taken = [(kind, group) for kind in self.kinds if (group := kind.take())]
