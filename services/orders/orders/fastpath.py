@@ -494,16 +494,10 @@ class _Writer:
     Lingering (`group_linger_ms`, off by default): a transaction starts at most every `linger` seconds unless `fill`
     writes are waiting; a write after a quiet spell is written at once. Written back to back, the groups stay small
     between a trickle and the ceiling, and what a transaction costs whatever its size (the statements of the set
-    writes, the commit, the round trip) is paid for a write or two. In the pipeline of `bench.probe` at 230 orders/s
-    (2 cores, 2026-12-01) a transaction carried about 2 writes, and the stack took 7.3-7.5 ms of CPU an order, the
-    orders database 0.46-0.51 of a core; lingering 15 ms with a fill of 8 took 6.0-6.5 ms (1.4-1.5 cores busy
-    instead of 1.7), 25 ms the same, 10 ms 7.0-7.1, and 15 ms with a fill of 4 7.3. At 450/s the groups fill by
-    themselves, and the CPU an order was the same either way. The price is the requests': in the bench's
-    `http_place_order` (`POST /orders` alone, `synchronous_commit` off) four runs lingering 15 ms (fill 8 or 4)
-    measured 0.69-0.84 of the bare baseline, four without 0.83-0.92; in the first pair, open-loop at half its rate,
-    the p50 was 15.5 ms lingering against 6.5. (In the last pair the p99 at half the pipeline's ceiling was 223 ms
-    lingering, 243 without, on a slow host.) Hence off: a request never waits for others unless the operator of a
-    host short of CPU chooses so.
+    writes, the commit, the round trip) is paid for a write or two; lingering makes fewer, larger groups, at the
+    price of each request waiting up to the linger. What it saved and cost, measured, is in the README's Benchmarks
+    section: it is off so that a request never waits for others unless the operator of a host short of CPU chooses
+    so.
     """
 
     def __init__(self, linger: float = 0.0, fill: int = GroupCommit.MAX_ORDERS) -> None:
