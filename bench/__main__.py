@@ -236,13 +236,7 @@ class Bench:
         p99 = figures(TARGETS["order_to_ledger_p99"][1], [p99_ms], None, kind="value")
         p99.p50_ms, p99.p99_ms = round(p50, 1), round(p99_ms, 1)
         p99.cpu_cores = {name: round(statistics.fmean(run.cpu[name] for run in runs), 2) for name in runs[0].cpu}
-        p99.note = (
-            f"open-loop at {half:.1f} orders/s, {len(runs)} steps of {s.p99_s:.0f} s pooled (each step's p99: "
-            + ", ".join(f"{run.p(99):.0f}" for run in runs)
-            + f" ms); {sum(run.posted for run in runs)}/{sum(run.sent for run in runs)} entries posted,"
-            f" {sum(run.errors for run in runs)} errors; {statistics.fmean(run.busy_cores for run in runs):.2f} of"
-            f" {os.cpu_count()} cores busy"
-        )
+        p99.note = http_pairs.pooled_note(runs, rate=half, seconds=s.p99_s)
         self._set("order_to_ledger_p99", mode, p99)
 
     def _profile(self, label: str, seconds: float) -> subprocess.Popen[bytes] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import os
 import random
 import statistics
 import time
@@ -18,6 +19,7 @@ import orjson
 from backoffice.auth import issue_token
 from backoffice.settings import DEV_JWT_SECRET
 from bench.loadgen import Client, Run, closed_loop, open_loop, percentile
+from bench.report import CORES_SHOWN
 from bench.stack import CpuMeter, RunQueueMeter, Stack
 
 SKUS = [f"BENCH-{n:03d}" for n in range(200)]
@@ -165,11 +167,21 @@ class Step:
         hypervisor stole is not ours."""
         return sum(cores for name, cores in self.cpu.items() if name != "steal")
 
+    @property
+    def stolen(self) -> str:
+        """What the hypervisor took for other guests over the step, for the report: `0.41 stolen`, or empty below
+        `CORES_SHOWN`. A step that fell behind on a host stealing cores says less about our code than one that did
+        not, and the reader of a search should see which steps those were."""
+        steal = self.cpu.get("steal", 0.0)
+        return f"{steal:.2f} stolen" if steal >= CORES_SHOWN else ""
+
     def describe(self) -> str:
-        """One step for the report: its rate, whether it kept up (and why not), its p99, and how busy the machine was
-        (at half the highest rate kept up, the stack already keeps the machine nearly full: what makes the tail)."""
+        """One step for the report: its rate, whether it kept up (and why not), its p99, how busy the machine was
+        (at half the highest rate kept up, the stack already keeps the machine nearly full: what makes the tail) and
+        what the hypervisor stole meanwhile."""
         outcome = f"kept up (trend {self.growth_ms:+.0f} ms)" if self.sustained else "fell behind: " + self.why
-        return f"{self.rate:.1f}/s {outcome} p99 {self.p(99):.0f} ms, {self.busy_cores:.2f} cores busy"
+        described = f"{self.rate:.1f}/s {outcome} p99 {self.p(99):.0f} ms, {self.busy_cores:.2f} cores busy"
+        return f"{described}, {self.stolen}" if self.stolen else described
 
 
 async def pipeline_step(http: Http, *, rate: float, seconds: float, drain_s: float = 15.0) -> Step:
@@ -231,6 +243,18 @@ async def order_to_ledger(
     two had 348 and 296. The p99 asked for is that of the pipeline running steadily at half its ceiling."""
     await step(http, rate=rate, seconds=warm_up_s)
     return [await step(http, rate=rate, seconds=seconds) for _ in range(repeats)]
+
+
+def pooled_note(steps: list[Step], *, rate: float, seconds: float) -> str:
+    """The note of `order_to_ledger_p99`: its rate, each step's p99 (with what the hypervisor stole in it), the
+    entries posted, the errors, and the cores the stack kept busy, on average over the steps."""
+    each = ", ".join(f"{st.p(99):.0f} ms" + (f" ({st.stolen})" if st.stolen else "") for st in steps)
+    return (
+        f"open-loop at {rate:.1f} orders/s, {len(steps)} steps of {seconds:.0f} s pooled (each step's p99: {each});"
+        f" {sum(st.posted for st in steps)}/{sum(st.sent for st in steps)} entries posted,"
+        f" {sum(st.errors for st in steps)} errors; {statistics.fmean(st.busy_cores for st in steps):.2f} of"
+        f" {os.cpu_count()} cores busy"
+    )
 
 
 # A step keeps up while its latency's trend rises by less than this over the step. Over an 8 s step that is an

@@ -9,6 +9,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+# A process's (or the hypervisor's steal's) CPU figure, in cores, is printed from this much: below it, it is noise.
+CORES_SHOWN = 0.05
+
+
+def shown(cores: dict[str, float]) -> str:
+    """The CPU figures worth printing, by name: `orders=0.58,postgres=0.60,...`, or `-`."""
+    return ",".join(f"{k}={v:.2f}" for k, v in sorted(cores.items()) if v >= CORES_SHOWN) or "-"
+
 
 @dataclass
 class Figures:
@@ -117,7 +125,7 @@ def _cell(f: Figures | None) -> tuple[str, ...]:
         _fmt(f.ratio, 2),
         "yes" if f.met else "NO",
         latency,
-        ",".join(f"{k}={v:.2f}" for k, v in sorted(f.cpu_cores.items()) if v >= 0.05) or "-",
+        shown(f.cpu_cores),
     )
 
 
@@ -144,7 +152,7 @@ def table(pairs: list[Pair]) -> str:
 def _cpu(f: Figures | None) -> str:
     if f is None or not f.baseline_cpu_cores:
         return "-"
-    return ",".join(f"{k}={v:.2f}" for k, v in sorted(f.baseline_cpu_cores.items()) if v >= 0.05) or "-"
+    return shown(f.baseline_cpu_cores)
 
 
 def write(pairs: list[Pair], path: Path, *, meta: dict[str, Any]) -> None:

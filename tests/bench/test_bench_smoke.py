@@ -335,13 +335,27 @@ class TestStepReport:
     def test_the_cores_busy_are_the_processes_not_what_the_hypervisor_stole(self) -> None:
         assert self._step().busy_cores == pytest.approx(1.38)
 
-    def test_a_step_that_kept_up_gives_its_trend_p99_and_cores(self) -> None:
-        assert self._step().describe() == "110.8/s kept up (trend -12 ms) p99 400 ms, 1.38 cores busy"
+    def test_a_step_that_kept_up_gives_its_trend_p99_cores_and_steal(self) -> None:
+        assert self._step().describe() == "110.8/s kept up (trend -12 ms) p99 400 ms, 1.38 cores busy, 0.30 stolen"
 
     def test_a_step_that_fell_behind_says_why(self) -> None:
         step = self._step(sustained=False, why="only 90 of 100 entries posted 15s after the load")
         assert step.describe() == (
-            "110.8/s fell behind: only 90 of 100 entries posted 15s after the load p99 400 ms, 1.38 cores busy"
+            "110.8/s fell behind: only 90 of 100 entries posted 15s after the load p99 400 ms, 1.38 cores busy,"
+            " 0.30 stolen"
+        )
+
+    @pytest.mark.parametrize("steal", [0.0, 0.04])
+    def test_steal_below_what_the_report_prints_is_left_out(self, steal: float) -> None:
+        step = self._step(cpu={"postgres": 0.62, "orders": 0.76, "steal": steal})
+        assert step.describe() == "110.8/s kept up (trend -12 ms) p99 400 ms, 1.38 cores busy"
+
+    def test_the_pooled_steps_note_gives_each_steps_p99_and_what_was_stolen_in_it(self) -> None:
+        quiet = self._step(cpu={"postgres": 0.7, "orders": 0.7, "steal": 0.01}, latencies_ms=[50.0] * 100)
+        note = http_pairs.pooled_note([self._step(), quiet], rate=95.3, seconds=15)
+        assert note.startswith(
+            "open-loop at 95.3 orders/s, 2 steps of 15 s pooled (each step's p99: 400 ms (0.30 stolen), 50 ms);"
+            " 3324/3324 entries posted, 0 errors; 1.39 of "
         )
 
 
