@@ -181,7 +181,7 @@ class Step:
         what the hypervisor stole meanwhile."""
         outcome = f"kept up (trend {self.growth_ms:+.0f} ms)" if self.sustained else "fell behind: " + self.why
         described = f"{self.rate:.1f}/s {outcome} p99 {self.p(99):.0f} ms, {self.busy_cores:.2f} cores busy"
-        return f"{described}, {self.stolen}" if self.stolen else described
+        return f"{described}, {stolen}" if (stolen := self.stolen) else described
 
 
 async def pipeline_step(http: Http, *, rate: float, seconds: float, drain_s: float = 15.0) -> Step:
@@ -248,7 +248,7 @@ async def order_to_ledger(
 def pooled_note(steps: list[Step], *, rate: float, seconds: float) -> str:
     """The note of `order_to_ledger_p99`: its rate, each step's p99 (with what the hypervisor stole in it), the
     entries posted, the errors, and the cores the stack kept busy, on average over the steps."""
-    each = ", ".join(f"{st.p(99):.0f} ms" + (f" ({st.stolen})" if st.stolen else "") for st in steps)
+    each = ", ".join(f"{st.p(99):.0f} ms" + (f" ({stolen})" if (stolen := st.stolen) else "") for st in steps)
     return (
         f"open-loop at {rate:.1f} orders/s, {len(steps)} steps of {seconds:.0f} s pooled (each step's p99: {each});"
         f" {sum(st.posted for st in steps)}/{sum(st.sent for st in steps)} entries posted,"
