@@ -20,7 +20,7 @@ from orders import fastpath, store, workflow
 from orders.app import create_app
 from orders.settings import Settings
 from orders.store import OrderView
-from tests.conftest import auth, relay_held_off, running
+from tests.conftest import auth, relay_held_off, running, seq_scans
 from tests.orders.conftest import STAFF, add_product, get_order, new_customer, place, placed, product, receive
 
 
@@ -908,8 +908,11 @@ class SetWrites:
     # each group: each order's outcome, its orders' ids, and the calls of the functions below that returned while
     # it was written
     seen: list[tuple[list[str], list[str], dict[str, int]]] = field(default_factory=list)
+    # each group: the sequential scans of the tables its writes look orders up in, while it was written
+    scans: list[dict[str, int]] = field(default_factory=list)
 
     COUNTED = ("_lock_products", "_place_group", "place_order_in_stock", "_ship_group", "ship_order_from_snapshot")
+    SCANNED = ("orders", "order_lines")
 
 
 @pytest.fixture
@@ -929,11 +932,14 @@ def set_writes(monkeypatch: pytest.MonkeyPatch) -> SetWrites:
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute("SET LOCAL track_functions = 'pl'")
             before = await _calls(conn)
+            scanned = [await seq_scans(conn, table) for table in SetWrites.SCANNED]
             rows = await conn.fetch(fastpath.WRITE_SNAPSHOTS, *self.arguments(group))
+            scanned = [await seq_scans(conn, table) - n for table, n in zip(SetWrites.SCANNED, scanned, strict=True)]
             after = await _calls(conn)
         ids = [w.document["order"]["id"] if self.kind == "place" else w.document["order_id"] for w in group]
         calls = {name: after[name] - before.get(name, 0) for name in after if after[name] > before.get(name, 0)}
         state.seen.append(([r["outcome"] for r in rows], ids, calls))
+        state.scans.append({table: n for table, n in zip(SetWrites.SCANNED, scanned, strict=True) if n})
         return [(r["outcome"], r if r["outcome"] == "stored" else None) for r in rows]
 
     monkeypatch.setattr(fastpath.GroupCommit, "_write", counted)
@@ -1100,6 +1106,8 @@ class TestShipmentsWrittenAsOneSet:
         [(outcomes, ids, calls)] = set_writes.seen
         assert outcomes == ["written"] * 4
         assert calls == {"_lock_products": 1, "_ship_group": 1}  # locked once; no shipment written on its own
+        # on the generic plans the writes keep (migration 0014), each order and its lines are found by key
+        assert set_writes.scans == [{}]
         assert sorted(ids) == sorted(order_id for order_id, _ in rest)
 
         shipped = [2 + 1 + 2 + 1 + 2, 0 + 0 + 1 + 0 + 1]  # per sku: the first shipment, then the group's

@@ -142,6 +142,35 @@ class TestOrders:
         assert [r["id"] for r in page + rest] == ids[::-1]
         assert none == []
 
+    async def test_views_of_one_order_and_of_several_read_what_each_order_reads_alone(self, pool: asyncpg.Pool) -> None:
+        """One order is read by its key, a list by another statement (`order_views`): both give `order_view`'s."""
+        product = await add(pool, on_hand=5)
+        orders = [await place(pool, [domain.Item(product.sku, n + 1)]) for n in range(2)]
+        missing = str(uuid.uuid4())
+        async with pool.acquire() as conn:
+            alone = {o.id: await store.order_view(conn, order_id=o.id) for o in orders}
+            one = await store.order_views(conn, order_ids=[orders[0].id])
+            several = await store.order_views(conn, order_ids=[o.id for o in orders] + [missing])
+            none = await store.order_views(conn, order_ids=[missing])
+        assert one == {orders[0].id: alone[orders[0].id]}
+        assert several == alone
+        assert sorted(v.order.lines[0].quantity for v in several.values()) == [1, 2]
+        assert none == {}
+
+    async def test_the_group_writes_run_on_the_plans_postgresql_keeps(self, pool: asyncpg.Pool) -> None:
+        """Migration 0014: planned once a session, not on every call (tests/orders/test_fastpath.py checks that those
+        plans find each order by key)."""
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT proname, proconfig FROM pg_proc WHERE proname = ANY($1::text[]) ORDER BY proname",
+                ["write_snapshot_groups", "write_snapshots", "_write_group"],
+            )
+        assert [(r["proname"], r["proconfig"]) for r in rows] == [
+            ("_write_group", None),  # called by both: holds their setting
+            ("write_snapshot_groups", ["plan_cache_mode=force_generic_plan"]),
+            ("write_snapshots", ["plan_cache_mode=force_generic_plan"]),
+        ]
+
 
 def issued(order_id: str, number: str, total: int, invoice: str | None = None) -> events.InvoiceIssued:
     """An `InvoiceIssued` of `total` (no tax) for customer c1, issued at NOW."""
