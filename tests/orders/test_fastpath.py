@@ -932,14 +932,14 @@ def set_writes(monkeypatch: pytest.MonkeyPatch) -> SetWrites:
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute("SET LOCAL track_functions = 'pl'")
             before = await _calls(conn)
-            scanned = [await seq_scans(conn, table) for table in SetWrites.SCANNED]
+            scanned = {table: await seq_scans(conn, table) for table in SetWrites.SCANNED}
             rows = await conn.fetch(fastpath.WRITE_SNAPSHOTS, *self.arguments(group))
-            scanned = [await seq_scans(conn, table) - n for table, n in zip(SetWrites.SCANNED, scanned, strict=True)]
+            scans = {t: n for t in SetWrites.SCANNED if (n := await seq_scans(conn, t) - scanned[t])}
             after = await _calls(conn)
         ids = [w.document["order"]["id"] if self.kind == "place" else w.document["order_id"] for w in group]
         calls = {name: after[name] - before.get(name, 0) for name in after if after[name] > before.get(name, 0)}
         state.seen.append(([r["outcome"] for r in rows], ids, calls))
-        state.scans.append({table: n for table, n in zip(SetWrites.SCANNED, scanned, strict=True) if n})
+        state.scans.append(scans)
         return [(r["outcome"], r if r["outcome"] == "stored" else None) for r in rows]
 
     monkeypatch.setattr(fastpath.GroupCommit, "_write", counted)

@@ -158,8 +158,9 @@ class TestOrders:
         assert none == {}
 
     async def test_the_group_writes_run_on_the_plans_postgresql_keeps(self, pool: asyncpg.Pool) -> None:
-        """Migration 0014: planned once a session, not on every call (tests/orders/test_fastpath.py checks that those
-        plans find each order by key)."""
+        """Migration 0014: planned once a session, not on every call. (Its comment says this file checks that those
+        plans find each order by key; that check is `TestShipmentsWrittenAsOneSet` in tests/orders/test_fastpath.py,
+        and an applied migration is not edited.)"""
         async with pool.acquire() as conn:
             rows = await conn.fetch(
                 "SELECT proname, proconfig FROM pg_proc WHERE proname = ANY($1::text[]) ORDER BY proname",
