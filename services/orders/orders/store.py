@@ -349,8 +349,8 @@ async def order_views(conn: Conn, *, order_ids: Sequence[str]) -> dict[str, Orde
 
     One order is read by its key (`order_view`'s statement): PostgreSQL keeps one plan for it. The statement for a
     list is planned again on every execution, as its generic plan reckons with ten ids and so looks dearer than a
-    plan for the few of the call (custom plans; the planning of its five subqueries took 0.3 ms each time, 504 ms
-    in 10 s of the bench's pipeline at 200 orders/s, where most batches (`fastpath.ViewReads`) were one order)."""
+    plan for the few of the call; under a moderate load most batches (`fastpath.ViewReads`) are one order. The
+    figures are in the README (Design choices, "Plans kept, not made again")."""
     if len(order_ids) == 1:
         view = await order_view(conn, order_id=order_ids[0])
         return {} if view is None else {view.order.id: view}
