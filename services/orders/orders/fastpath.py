@@ -495,9 +495,8 @@ class _Writer:
     writes are waiting; a write after a quiet spell is written at once. Written back to back, the groups stay small
     between a trickle and the ceiling, and what a transaction costs whatever its size (the statements of the set
     writes, the commit, the round trip) is paid for a write or two; lingering makes fewer, larger groups, at the
-    price of each request waiting up to the linger. What it saved and cost, measured, is in the README's Benchmarks
-    section: it is off so that a request never waits for others unless the operator of a host short of CPU chooses
-    so.
+    price of each request waiting up to the linger. What it saved and cost, measured, is in `bench/RESULTS.md`: it
+    is off so that a request never waits for others unless the operator of a host short of CPU chooses so.
     """
 
     def __init__(self, linger: float = 0.0, fill: int = GroupCommit.MAX_ORDERS) -> None:
