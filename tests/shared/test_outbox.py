@@ -115,6 +115,39 @@ class TestOrderAndRecovery:
         seqs = by_key([r for r in records if r.key.decode() in keys])
         assert {k: seqs[k] for k in keys} == {k: list(range(40)) for k in keys}
 
+    async def test_rows_beyond_a_record_batch_go_in_several_in_order_each_where_the_partitioner_puts_it(
+        self, topics: str, make_database: Callable[[str], Awaitable[str]], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        dsn = await messaging_db(await make_database("outbox_split"))
+        keys = [f"split-key-{i}" for i in range(9)]
+        ids = await append_numbered(dsn, keys=keys, per_key=30)
+        made = outbox.new_producer
+        batches: list[tuple[str, int]] = []
+
+        def small(bootstrap: str, **kwargs: Any) -> Any:
+            producer = made(bootstrap, **kwargs, max_batch_size=2048)  # a few records a batch
+            send_batch = producer.send_batch
+
+            async def counted(batch: Any, topic: str, *, partition: int) -> Any:
+                batches.append((topic, partition))
+                return await send_batch(batch, topic, partition=partition)
+
+            producer.send_batch = counted  # type: ignore[method-assign]
+            return producer
+
+        monkeypatch.setattr(outbox, "new_producer", small)
+        async with relaying(dsn, prefix=topics, batch_size=270):
+            records = await read_topic(
+                events_topic("orders", prefix=topics), until=lambda rs: set(ids) <= set(ce_ids(rs))
+            )
+        ours = [r for r in records if r.key.decode() in keys]
+        seqs = by_key(ours)
+        assert {k: seqs[k] for k in keys} == {k: list(range(30)) for k in keys}
+        partitions = [0, 1, 2]  # the `topics` fixture makes three a topic
+        assert all(r.partition == outbox.partition_of(r.key, partitions, partitions) for r in ours)
+        used = {outbox.partition_of(k.encode(), partitions, partitions) for k in keys}
+        assert len(batches) > len(used), "270 rows in batches of 2 KiB should take several batches a partition"
+
     async def test_relay_killed_mid_batch_then_restarted_publishes_every_row_in_order(
         self, topics: str, make_database: Callable[[str], Awaitable[str]]
     ) -> None:
