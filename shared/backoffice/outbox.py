@@ -459,8 +459,7 @@ class Relay:
         """Hand `rows` to the producer, in order, as one record batch per partition; the future of their acks.
 
         The producer's `send` takes one record at a time, each with a future of its own that is resolved on its
-        own: handing over and acknowledging 500 events so took 13.1 us of CPU an event, against 6.3 us as batches
-        (medians of ten alternating runs of 20,000 events, same process and broker, 2026-12-02). A batch built here
+        own, which cost the relay about twice the CPU an event (figures in `bench/RESULTS.md`). A batch built here
         has the records of a partition in outbox order, and the producer sends a partition's batches in the order
         they were given, so a key's events stay in order; their partition is the one `send` would have chosen
         (`partition_of`, the producer's partitioner).
