@@ -260,6 +260,7 @@ class Bench:
     async def run(self, modes: list[str]) -> list[Pair]:
         await self.stack.start()
         say(f"stack up: PostgreSQL :{self.stack.pg.port}, Kafka {self.stack.bootstrap}")
+        say(interpreter())
         if self.wanted("outbox_relay", "consumer_apply", "ledger_post", "ledger_post_hot_account"):
             await self.in_each(modes, self.messaging)
         if self.wanted("http_place_order", "pipeline_max_rate", "order_to_ledger_p99"):
@@ -285,11 +286,20 @@ def _medians(runs: dict[int, list[http_pairs.Throughput]]) -> str:
     return ", ".join(f"{c} clients {statistics.median(t.rate for t in ts):.1f}/s" for c, ts in runs.items())
 
 
+def interpreter() -> str:
+    """The Python every process of the bench runs (the services are started with this one too), as the report
+    names it: its version, where it lives and when it was built. How it was built moves the figures (an optimized
+    build, as the official images' is, against pyenv's default one: bench/RESULTS.md, The interpreter)."""
+    build, when = platform.python_build()
+    return f"Python {platform.python_version()} at {os.path.realpath(sys.executable)} ({build}, {when})"
+
+
 def _meta(started: float, sizes: Sizes) -> dict[str, Any]:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     return {
         "commit": commit,
         "python": platform.python_version(),
+        "interpreter": interpreter(),
         "cpus": os.cpu_count(),
         "load_average": os.getloadavg(),
         "seconds": round(time.monotonic() - started, 1),

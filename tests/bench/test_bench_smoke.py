@@ -8,8 +8,10 @@ import gc
 import itertools
 import math
 import os
+import platform
 import random
 import statistics
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,7 +23,7 @@ import pytest
 from backoffice.db import SHARED_MIGRATIONS, Migration, load_migrations, migrate_dsn
 from backoffice.topics import ensure_topics, events_topic
 from bench import http_pairs, loadgen, pgperf, probe, report
-from bench.__main__ import Sizes, alternate
+from bench.__main__ import Sizes, alternate, interpreter
 from bench.ledger_post import LedgerBench
 from bench.loadgen import percentile
 from bench.messaging import ConsumerBench, RelayBench, Tail, Timed, started_producer
@@ -728,3 +730,10 @@ class TestPgPerf:
         finally:
             await conn.close()
         assert pid not in before and pid in during
+
+
+class TestInterpreter:
+    def test_the_report_names_the_interpreter_the_stack_runs_by_version_path_and_build(self) -> None:
+        named = interpreter()
+        assert named.startswith(f"Python {platform.python_version()} at {os.path.realpath(sys.executable)} (")
+        assert platform.python_build()[1] in named  # when it was built: two builds of one version differ there
