@@ -24,9 +24,9 @@ from backoffice import ops
 from backoffice.db import SHARED_MIGRATIONS, Migration, load_migrations, migrate_dsn
 from backoffice.topics import ensure_topics
 from devstack import kafka, postgres
-from devstack.chaos import free_ports
 from devstack.config import ROOT, RUN_DIR, local_dsn
 from devstack.fleet import Fleet, ServiceProcess
+from devstack.procs import free_ports
 
 SERVICES = ("orders", "support", "billing", "ledger")
 PARTITIONS = 6

@@ -27,7 +27,7 @@ from backoffice.topics import ensure_topics, events_topic
 from devstack import kafka, postgres
 from devstack.config import RUN_DIR, tcp_dsn
 from devstack.fleet import Fleet
-from devstack.procs import port_free
+from devstack.procs import free_ports
 
 SERVICES = ("orders", "support", "billing", "ledger")
 CURRENCY = "EUR"
@@ -359,21 +359,6 @@ async def check(stack: Stack, load: Load, report: Report) -> None:
     for s in SERVICES:
         dead += len(await ops.read_dead_letters(stack.broker.bootstrap, s))
     report.valid_events_dead_lettered = dead
-
-
-def free_ports(*names: str) -> dict[str, int]:
-    import socket
-
-    out: dict[str, int] = {}
-    for name in names:
-        while True:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = int(sock.getsockname()[1])
-            if port not in out.values() and port_free(port):
-                out[name] = port
-                break
-    return out
 
 
 async def run(

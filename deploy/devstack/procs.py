@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,6 +23,41 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
     return True
+
+
+_handed_out: set[int] = set()
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_ports(*names: str) -> dict[str, int]:
+    """A free port for each name, all distinct and never handed out before in this process.
+
+    They are picked below the kernel's ephemeral range, so no outgoing connection (a client's local port) can take
+    one in the moment between choosing it and the server binding it; a port the kernel picks with bind(0) can.
+    """
+    top = _ephemeral_floor()
+    bottom = max(1024, top - 12000)
+    out: dict[str, int] = {}
+    for name in names:
+        for _ in range(1000):
+            port = random.randrange(bottom, top)
+            if port not in _handed_out and port_free(port):
+                _handed_out.add(port)
+                out[name] = port
+                break
+        else:
+            raise SetupError(f"no free port between {bottom} and {top} for {name}")
+    return out
+
+
+def free_port() -> int:
+    return free_ports("port")["port"]
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -9,7 +9,8 @@ import httpx
 import pytest
 
 from devstack.fleet import Fleet
-from tests.conftest import BOOTSTRAP, free_port, topics_fixture
+from devstack.procs import free_port
+from tests.conftest import BOOTSTRAP, topics_fixture
 
 SERVICES = ("orders", "support", "billing", "ledger")
 

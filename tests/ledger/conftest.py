@@ -16,10 +16,11 @@ import pytest
 
 from backoffice import db, events
 from backoffice.envelope import Envelope
+from devstack.procs import free_port
 from ledger import handlers
 from ledger.app import create_app
 from ledger.settings import Settings
-from tests.conftest import BOOTSTRAP, auth, free_port, running, topics_fixture
+from tests.conftest import BOOTSTRAP, auth, running, topics_fixture
 
 MIGRATIONS = Path(handlers.__file__).parent / "migrations"
 T0 = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)

@@ -18,9 +18,10 @@ from backoffice import events
 from backoffice.auth import Verifier
 from backoffice.errors import DomainError
 from backoffice.settings import ServiceSettings
+from devstack.procs import free_port
 from ledger.app import create_app
 from ledger.settings import Settings
-from tests.conftest import BOOTSTRAP, free_port, running
+from tests.conftest import BOOTSTRAP, running
 from tests.ledger.conftest import READ, T0, bill_received, deliver, envelope, invoice_issued, payment_received, problem
 
 

@@ -17,9 +17,10 @@ from backoffice import events
 from backoffice.envelope import Envelope, encode
 from billing.app import create_app as create_billing
 from billing.settings import Settings as BillingSettings
+from devstack.procs import free_port
 from ledger.app import create_app
 from ledger.settings import Settings
-from tests.conftest import BOOTSTRAP, auth, eventually, free_port, produce, running
+from tests.conftest import BOOTSTRAP, auth, eventually, produce, running
 from tests.ledger.conftest import READ
 
 

@@ -16,7 +16,8 @@ from backoffice.topics import ensure_topics
 from devstack.config import local_dsn
 from devstack.kafka import KafkaBroker, new_cluster_id, wait_ready
 from devstack.postgres import PostgresServer
-from tests.conftest import BOOTSTRAP, create_topics, eventually, free_port, produce, read_topic, running
+from devstack.procs import free_port, free_ports, port_free
+from tests.conftest import BOOTSTRAP, create_topics, eventually, produce, read_topic, running
 
 SERVICES = ("orders", "billing", "support", "ledger")
 
@@ -32,6 +33,18 @@ def test_a_new_cluster_id_is_base64url_of_16_bytes_and_never_reads_as_an_option(
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
     assert all(set(i) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") for i in ids)
     assert len(set(ids)) == len(ids)
+
+
+def test_free_ports_are_distinct_bindable_never_reused_and_below_the_ephemeral_range() -> None:
+    floor = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    names = [f"p{i}" for i in range(40)]
+    first = free_ports(*names)
+    second = [free_port() for _ in range(40)]
+    ports = [*first.values(), *second]
+    assert list(first) == names
+    assert len(set(ports)) == len(ports) == 80
+    assert all(1024 <= port < floor for port in ports)
+    assert all(port_free(port) for port in ports)
 
 
 class TestBroker:

@@ -16,7 +16,8 @@ import pytest
 from backoffice import ops
 from backoffice.topics import events_topic
 from devstack.fleet import Fleet
-from tests.conftest import BOOTSTRAP, auth, eventually, free_port
+from devstack.procs import free_port
+from tests.conftest import BOOTSTRAP, auth, eventually
 
 SERVICES = ("orders", "support", "billing", "ledger")
 STAFF = auth(" ".join(f"{s}:{a}" for s in SERVICES for a in ("read", "write", "admin")) + " inventory:write")

@@ -23,7 +23,8 @@ from backoffice.errors import NotFound
 from backoffice.events import Event, Line, OrderConfirmed, OrderShipped
 from backoffice.settings import ServiceSettings
 from devstack.postgres import PostgresServer
-from tests.conftest import BOOTSTRAP, create_topics, eventually, free_port, produce, read_topic
+from devstack.procs import free_port
+from tests.conftest import BOOTSTRAP, create_topics, eventually, produce, read_topic
 from tests.shared.helpers import fatal_admin_shutdown, messaging_db
 
 EFFECTS = "CREATE TABLE IF NOT EXISTS effects (event_id uuid NOT NULL, key text NOT NULL, n int NOT NULL)"

@@ -20,7 +20,8 @@ from backoffice.envelope import header_map
 from backoffice.settings import ServiceSettings
 from backoffice.topics import ensure_topics, events_topic
 from devstack.kafka import KafkaBroker
-from tests.conftest import BOOTSTRAP, eventually, free_port, read_topic
+from devstack.procs import free_port
+from tests.conftest import BOOTSTRAP, eventually, read_topic
 from tests.shared.helpers import append_numbered, by_key, ce_ids, fatal_admin_shutdown, messaging_db, numbered
 
 
