@@ -176,7 +176,9 @@ class KafkaBroker:
 
 
 async def wait_ready(bootstrap: str, *, timeout: float = 90.0, broker: KafkaBroker | None = None) -> float:
-    """Wait until the broker answers metadata requests; return the seconds it took."""
+    """Wait until the broker answers metadata requests and can coordinate consumer groups; return the seconds it
+    took. A fresh broker answers metadata first and creates its offsets topic on the first request for a group's
+    coordinator; services started before that each logged GroupCoordinatorNotAvailableError at error level."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if broker is not None and broker.pid() is None:
@@ -185,6 +187,7 @@ async def wait_ready(bootstrap: str, *, timeout: float = 90.0, broker: KafkaBrok
         try:
             await admin.start()
             await admin.describe_cluster()
+            await admin.find_coordinator("devstack-ready")
             return time.monotonic() - started
         except (TimeoutError, KafkaError, OSError):
             await asyncio.sleep(0.3)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from backoffice.envelope import header_map
 from backoffice.topics import ensure_topics
@@ -147,6 +148,24 @@ async def own_broker(tmp_path: Path) -> AsyncIterator[KafkaBroker]:
     await ensure_topics(broker.bootstrap, partitions=1)
     yield broker
     broker.stop()
+
+
+async def test_a_fresh_broker_is_ready_only_once_it_can_coordinate_consumer_groups(tmp_path: Path) -> None:
+    """Services start consuming as soon as the stack says Kafka is up; on a fresh broker each of them logged
+    GroupCoordinatorNotAvailableError at error level until the offsets topic existed."""
+    broker = KafkaBroker(tmp_path, port=free_port(), controller_port=free_port(), partitions=1)
+    broker.start()
+    try:
+        await wait_ready(broker.bootstrap, broker=broker)
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        await admin.start()
+        try:
+            coordinators = {await admin.find_coordinator(f"group-{i}") for i in range(5)}  # each asked once
+        finally:
+            await admin.close()
+        assert coordinators == {1}
+    finally:
+        broker.stop()
 
 
 class TestReadiness:
