@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -141,31 +141,32 @@ async def _unready(client) -> bool:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-async def own_broker(tmp_path: Path) -> AsyncIterator[KafkaBroker]:
+def fresh_broker(tmp_path: Path) -> Iterator[KafkaBroker]:
+    """A broker of the test's own, started but not yet waited for."""
     broker = KafkaBroker(tmp_path, port=free_port(), controller_port=free_port(), partitions=1)
     broker.start()
-    await wait_ready(broker.bootstrap, broker=broker)
-    await ensure_topics(broker.bootstrap, partitions=1)
     yield broker
     broker.stop()
 
 
-async def test_a_fresh_broker_is_ready_only_once_it_can_coordinate_consumer_groups(tmp_path: Path) -> None:
+@pytest.fixture
+async def own_broker(fresh_broker: KafkaBroker) -> KafkaBroker:
+    await wait_ready(fresh_broker.bootstrap, broker=fresh_broker)
+    await ensure_topics(fresh_broker.bootstrap, partitions=1)
+    return fresh_broker
+
+
+async def test_a_fresh_broker_is_ready_only_once_it_can_coordinate_consumer_groups(fresh_broker: KafkaBroker) -> None:
     """Services start consuming as soon as the stack says Kafka is up; on a fresh broker each of them logged
     GroupCoordinatorNotAvailableError at error level until the offsets topic existed."""
-    broker = KafkaBroker(tmp_path, port=free_port(), controller_port=free_port(), partitions=1)
-    broker.start()
+    await wait_ready(fresh_broker.bootstrap, broker=fresh_broker)
+    admin = AIOKafkaAdminClient(bootstrap_servers=fresh_broker.bootstrap)
+    await admin.start()
     try:
-        await wait_ready(broker.bootstrap, broker=broker)
-        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
-        await admin.start()
-        try:
-            coordinators = {await admin.find_coordinator(f"group-{i}") for i in range(5)}  # each asked once
-        finally:
-            await admin.close()
-        assert coordinators == {1}
+        coordinators = {await admin.find_coordinator(f"group-{i}") for i in range(5)}  # each asked once
     finally:
-        broker.stop()
+        await admin.close()
+    assert coordinators == {1}
 
 
 class TestReadiness:
